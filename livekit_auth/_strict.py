@@ -1,0 +1,106 @@
+"""Strict decoders shared by token and webhook verification (private).
+
+Each raises ValueError with a fixed message; callers turn it into the
+LiveKitAuthError subclass that fits where the input came from.
+"""
+
+import base64
+import json
+import math
+import re
+
+# RFC 7515 §2: base64url without padding. Only the canonical encoding is
+# accepted (unused trailing bits zero), so one token has exactly one spelling.
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+# A JSON escape of a UTF-16 surrogate; only then can a parsed string hold an
+# unpaired one, which is not Unicode and which LiveKit would silently replace.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def b64url_encode(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(segment: str) -> bytes:
+    if len(segment) % 4 == 1 or not _BASE64URL.fullmatch(segment):
+        raise ValueError("not unpadded base64url")
+    raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    if b64url_encode(raw) != segment:
+        raise ValueError("not canonical base64url")
+    return raw
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError("NaN and Infinity are not JSON")
+
+
+def _finite_float(text: str) -> float:
+    # A number too large for a double, such as 1e400, parses to infinity:
+    # Infinity by another spelling, so it is refused like the literal.
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _object_without_duplicates(pairs: list) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate key in JSON object")
+    return obj
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_object_without_duplicates,
+    parse_constant=_reject_constant,
+    parse_float=_finite_float,
+)
+
+
+# Deeper than any LiveKit message; shallow enough that code walking the result
+# recursively (json.dumps, a webhook handler) stays far from the recursion limit.
+MAX_JSON_DEPTH = 64
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = value.values() if type(value) is dict else value
+        stack.extend((child, depth + 1) for child in children if type(child) in (dict, list))
+    return False
+
+
+def loads_object(data: bytes) -> dict:
+    """Parse UTF-8 JSON text (RFC 8259) whose top level must be an object.
+
+    Rejects other encodings (json.loads on bytes would also take UTF-16/32),
+    duplicate keys, NaN/Infinity (also as a number that overflows to it, like
+    1e400), unpaired surrogates, and nesting deeper than MAX_JSON_DEPTH;
+    every failure is a ValueError.
+    """
+    try:
+        text = data.decode("utf-8")
+        value = _DECODER.decode(text)
+        if _SURROGATE_ESCAPE.search(text):
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except ValueError:
+        # UnicodeDecodeError, JSONDecodeError, the hooks above, and integers
+        # longer than sys.get_int_max_str_digits() are all ValueErrors.
+        raise ValueError("not valid JSON") from None
+    if type(value) is not dict:
+        raise ValueError("JSON is not an object")
+    # Counting brackets is cheap and bounds the depth, so most documents skip the walk.
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
+        raise ValueError("JSON nested too deeply")
+    return value
+
+
+def dumps_compact(value: object) -> str:
+    """Serialize as PyJWT does (compact, ASCII), so tokens match the SDK's byte for byte."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)

@@ -1,0 +1,268 @@
+"""LiveKit access tokens: HS256 JWTs with the claims LiveKit Server reads.
+
+The names and defaults mirror livekit-api's `livekit.api.access_token`, so code
+moves between the two with an import change. Claims are written in the SDK's
+order and serialization, so for the same input and clock both produce the same
+token, byte for byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import hmac
+import json
+import math
+import time
+from typing import Optional, Tuple
+
+from ._strict import b64url_encode, dumps_compact
+
+# The SDK's default lifetime. LiveKit checks exp only when a participant
+# connects; an established session outlives its token.
+DEFAULT_TTL = datetime.timedelta(hours=6)
+
+# base64url of {"alg":"HS256","typ":"JWT"}, the header PyJWT writes.
+_HEADER_SEGMENT = b64url_encode(b'{"alg":"HS256","typ":"JWT"}')
+
+# Wire names of the video grant, in the SDK's field order. One explicit table,
+# used both ways: for writing tokens and for reading them back.
+VIDEO_WIRE_NAMES = {
+    "room_create": "roomCreate",
+    "room_list": "roomList",
+    "room_record": "roomRecord",
+    "room_admin": "roomAdmin",
+    "room_join": "roomJoin",
+    "room": "room",
+    "destination_room": "destinationRoom",
+    "can_publish": "canPublish",
+    "can_subscribe": "canSubscribe",
+    "can_publish_data": "canPublishData",
+    "can_publish_sources": "canPublishSources",
+    "can_update_own_metadata": "canUpdateOwnMetadata",
+    "ingress_admin": "ingressAdmin",
+    "hidden": "hidden",
+    "recorder": "recorder",
+    "agent": "agent",
+    "can_manage_agent_session": "canManageAgentSession",
+    "can_subscribe_metrics": "canSubscribeMetrics",
+}
+
+
+# Checks by annotation (a string, under `from __future__ import annotations`).
+_TYPE_CHECKS = {
+    "bool": lambda value: type(value) is bool,
+    "str": lambda value: type(value) is str,
+    "Tuple[str, ...]": lambda value: type(value) is tuple and all(type(v) is str for v in value),
+}
+
+
+def _check_fields(grants: object) -> None:
+    """Check each field's type exactly (True is not a str, 1 is not a bool); None only where Optional."""
+    for field in dataclasses.fields(grants):
+        value = getattr(grants, field.name)
+        kind = field.type
+        if kind.startswith("Optional["):
+            if value is None:
+                continue
+            kind = kind[len("Optional[") : -1]
+        if not _TYPE_CHECKS[kind](value):
+            raise ValueError(f"grant field {field.name} has the wrong type")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VideoGrants:
+    """Permissions in LiveKit's `video` claim. Defaults are the SDK's."""
+
+    room_create: Optional[bool] = None
+    room_list: Optional[bool] = None
+    room_record: Optional[bool] = None
+    room_admin: Optional[bool] = None
+    room_join: Optional[bool] = None
+    room: str = ""
+    destination_room: Optional[str] = None
+    can_publish: bool = True
+    can_subscribe: bool = True
+    can_publish_data: bool = True
+    # When set, only these track sources ("camera", "microphone", ...) may be published.
+    can_publish_sources: Optional[Tuple[str, ...]] = None
+    can_update_own_metadata: Optional[bool] = None
+    ingress_admin: Optional[bool] = None
+    hidden: Optional[bool] = None
+    recorder: Optional[bool] = None
+    agent: Optional[bool] = None
+    can_manage_agent_session: Optional[bool] = None
+    can_subscribe_metrics: Optional[bool] = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.can_publish_sources, list):
+            object.__setattr__(self, "can_publish_sources", tuple(self.can_publish_sources))
+        _check_fields(self)
+
+    def to_wire(self) -> dict:
+        """The claim as the SDK writes it: camelCase, None and "" left out."""
+        wire = {}
+        for name, wire_name in VIDEO_WIRE_NAMES.items():
+            value = getattr(self, name)
+            if value is not None and value != "":
+                wire[wire_name] = list(value) if type(value) is tuple else value
+        return wire
+
+    @classmethod
+    def from_wire(cls, claim: dict) -> "VideoGrants":
+        """Read a `video` claim; unknown names are ignored, as LiveKit does. Raises ValueError."""
+        return cls(**{name: claim[wire] for name, wire in VIDEO_WIRE_NAMES.items() if wire in claim})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SIPGrants:
+    """Permissions in LiveKit's `sip` claim."""
+
+    admin: bool = False
+    call: bool = False
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
+    def to_wire(self) -> dict:
+        return {"admin": self.admin, "call": self.call}
+
+    @classmethod
+    def from_wire(cls, claim: dict) -> "SIPGrants":
+        return cls(**{name: claim[name] for name in ("admin", "call") if name in claim})
+
+
+def _require_str(value: object, what: str) -> str:
+    if type(value) is not str:
+        raise ValueError(f"{what} must be a string")
+    return value
+
+
+class AccessToken:
+    """Builds one access token: chain the with_* calls, then call to_jwt()."""
+
+    def __init__(self, api_key: str, api_secret: str) -> None:
+        # Unlike the SDK, no fallback to environment variables: the caller decides.
+        if type(api_key) is not str or type(api_secret) is not str or not api_key or not api_secret:
+            raise ValueError("api_key and api_secret must be non-empty strings")
+        self.api_key = api_key
+        self._mac = hmac.new(api_secret.encode("utf-8"), digestmod=hashlib.sha256)
+        self.identity = ""
+        self.ttl = DEFAULT_TTL
+        self.name = ""
+        self.kind = ""
+        self.metadata = ""
+        self.video: Optional[VideoGrants] = None
+        self.sip: Optional[SIPGrants] = None
+        self.attributes: Optional[dict] = None
+        self.sha256 = ""
+        self.room_preset = ""
+        self.room_config: Optional[dict] = None
+
+    def with_identity(self, identity: str) -> "AccessToken":
+        self.identity = _require_str(identity, "identity")
+        return self
+
+    def with_name(self, name: str) -> "AccessToken":
+        self.name = _require_str(name, "name")
+        return self
+
+    def with_kind(self, kind: str) -> "AccessToken":
+        self.kind = _require_str(kind, "kind")
+        return self
+
+    def with_metadata(self, metadata: str) -> "AccessToken":
+        self.metadata = _require_str(metadata, "metadata")
+        return self
+
+    def with_attributes(self, attributes: dict) -> "AccessToken":
+        if type(attributes) is not dict or not all(
+            type(k) is str and type(v) is str for k, v in attributes.items()
+        ):
+            raise ValueError("attributes must be a dict of strings to strings")
+        self.attributes = dict(attributes)
+        return self
+
+    def with_ttl(self, ttl: datetime.timedelta) -> "AccessToken":
+        if not isinstance(ttl, datetime.timedelta) or ttl.total_seconds() < 1:
+            raise ValueError("ttl must be a timedelta of at least one second")
+        self.ttl = ttl
+        return self
+
+    def with_grants(self, grants: VideoGrants) -> "AccessToken":
+        if not isinstance(grants, VideoGrants):
+            raise ValueError("grants must be VideoGrants")
+        self.video = grants
+        return self
+
+    def with_sip_grants(self, grants: SIPGrants) -> "AccessToken":
+        if not isinstance(grants, SIPGrants):
+            raise ValueError("grants must be SIPGrants")
+        self.sip = grants
+        return self
+
+    def with_sha256(self, sha256: str) -> "AccessToken":
+        self.sha256 = _require_str(sha256, "sha256")
+        return self
+
+    def with_room_preset(self, preset: str) -> "AccessToken":
+        self.room_preset = _require_str(preset, "room preset")
+        return self
+
+    def with_room_config(self, config: dict) -> "AccessToken":
+        """A RoomConfiguration as a JSON object (agent dispatch lives here), written as given.
+
+        LiveKit Server reads it with protojson, which takes both snake_case and
+        camelCase names; it is not converted, since map keys inside must stay as they are.
+        """
+        if type(config) is not dict:
+            raise ValueError("room config must be a JSON object")
+        try:
+            # A copy through JSON: later changes to `config` do not reach the
+            # token, and what cannot be written as JSON fails here.
+            self.room_config = json.loads(dumps_compact(config))
+        except (TypeError, ValueError, RecursionError):
+            raise ValueError("room config must hold only JSON values, nested within reason") from None
+        return self
+
+    def claims(self, now: float) -> dict:
+        """The payload, in the SDK's key order."""
+        video = self.video
+        if video is not None and video.room_join and (not self.identity or not video.room):
+            raise ValueError("identity and room must be set when joining a room")
+        claims: dict = {}
+        if self.name:
+            claims["name"] = self.name
+        if self.kind:
+            claims["kind"] = self.kind
+        if self.metadata:
+            claims["metadata"] = self.metadata
+        if video is not None:
+            claims["video"] = video.to_wire()
+        if self.sip is not None:
+            claims["sip"] = self.sip.to_wire()
+        if self.attributes is not None:
+            claims["attributes"] = self.attributes
+        if self.sha256:
+            claims["sha256"] = self.sha256
+        if self.room_preset:
+            claims["roomPreset"] = self.room_preset
+        if self.room_config is not None:
+            claims["roomConfig"] = self.room_config
+        claims["sub"] = self.identity
+        claims["iss"] = self.api_key
+        claims["nbf"] = math.floor(now)
+        claims["exp"] = math.floor(now + self.ttl.total_seconds())
+        return claims
+
+    def to_jwt(self, *, now: Optional[float] = None) -> str:
+        """Sign the claims with HS256. `now` (Unix seconds) defaults to the system clock.
+
+        Raises ValueError when the grant joins a room without an identity or a room.
+        """
+        payload = dumps_compact(self.claims(time.time() if now is None else now))
+        signing_input = f"{_HEADER_SEGMENT}.{b64url_encode(payload.encode('ascii'))}"
+        mac = self._mac.copy()
+        mac.update(signing_input.encode("ascii"))
+        return f"{signing_input}.{b64url_encode(mac.digest())}"

@@ -1,0 +1,948 @@
+"""A LiveKit token server on the Python standard library.
+
+POST /token hands out LiveKit access tokens, in the OpenVidu tutorials' shape
+and in LiveKit's standard token-endpoint shape; POST /webhook (and
+/livekit/webhook) receives LiveKit webhook events. `application` is a plain
+WSGI callable for any WSGI server; `python3 server.py` serves it with the small
+runner below, which needs nothing but the standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import dataclasses
+import datetime
+import email.utils
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Callable, Iterable, Mapping, Optional
+from urllib.parse import unquote_to_bytes
+
+from livekit_auth import (
+    AccessToken,
+    LiveKitAuthError,
+    MalformedWebhook,
+    TokenVerifier,
+    VideoGrants,
+    WebhookReceiver,
+)
+from livekit_auth._strict import loads_object
+
+log = logging.getLogger("livekit_token_server")
+
+# What `livekit-server --dev` and OpenVidu's local deployment use.
+DEV_API_KEY = "devkey"
+DEV_API_SECRET = "secret"
+DEV_MODE_WARNING = (
+    "DEVELOPMENT MODE: LIVEKIT_API_KEY and LIVEKIT_API_SECRET are not set, so tokens are signed "
+    "with LiveKit's public development key %s. Never expose this server."
+)
+
+MAX_TOKEN_BODY_BYTES = 16 * 1024
+# LiveKit events carry a room and a participant or track: a few KiB.
+MAX_WEBHOOK_BODY_BYTES = 1024 * 1024
+MAX_NAME_LENGTH = 256
+
+# The standard endpoint's fields that a deployment may let clients set.
+# room_name and participant_identity are always accepted.
+OPTIONAL_CLIENT_FIELDS = (
+    "participant_name",
+    "participant_metadata",
+    "participant_attributes",
+    "room_config",
+)
+STANDARD_FIELDS = frozenset(("room_name", "participant_identity") + OPTIONAL_CLIENT_FIELDS)
+OPENVIDU_FIELDS = frozenset(("roomName", "participantName"))
+
+
+# --------------------------------------------------------------------------
+# Settings
+
+
+class SettingsError(ValueError):
+    """A setting is unusable; the message names it."""
+
+
+def _words(value: str) -> frozenset:
+    return frozenset(value.replace(",", " ").split())
+
+
+# Every setting: (section, key, environment variable, Settings field, parser).
+_SETTINGS_SOURCES = (
+    ("server", "host", "SERVER_HOST", "host", str),
+    ("server", "port", "SERVER_PORT", "port", int),
+    ("server", "max_connections", "SERVER_MAX_CONNECTIONS", "max_connections", int),
+    ("server", "idle_timeout", "SERVER_IDLE_TIMEOUT", "idle_timeout", float),
+    ("server", "request_timeout", "SERVER_REQUEST_TIMEOUT", "request_timeout", float),
+    ("livekit", "url", "LIVEKIT_URL", "livekit_url", str),
+    ("livekit", "api_key", "LIVEKIT_API_KEY", "api_key", str),
+    ("livekit", "api_secret", "LIVEKIT_API_SECRET", "api_secret", str),
+    ("tokens", "ttl", "TOKEN_TTL", "token_ttl", int),
+    ("tokens", "client_fields", "TOKEN_CLIENT_FIELDS", "client_fields", _words),
+    ("cors", "allowed_origins", "CORS_ALLOWED_ORIGINS", "allowed_origins", _words),
+)
+_SETTING_NAMES = {field: f"{section}.{key} ({env})" for section, key, env, field, _ in _SETTINGS_SOURCES}
+
+# Inclusive bounds of the numeric settings.
+_RANGES = {
+    "port": (0, 65535),
+    "max_connections": (1, 10000),
+    "idle_timeout": (0.001, 3600),
+    "request_timeout": (0.001, 3600),
+    "token_ttl": (1, 30 * 24 * 3600),
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the app and the runner need, checked when built."""
+
+    api_key: str = dataclasses.field(repr=False)
+    api_secret: str = dataclasses.field(repr=False)
+    livekit_url: str = "ws://localhost:7880"
+    dev_mode: bool = False
+    host: str = "0.0.0.0"
+    port: int = 6080
+    token_ttl: int = 900
+    client_fields: frozenset = frozenset(("participant_name",))
+    allowed_origins: frozenset = frozenset(("*",))
+    max_connections: int = 64
+    idle_timeout: float = 5.0
+    request_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        def fail(field: str, problem: str) -> None:
+            raise SettingsError(f"{_SETTING_NAMES[field]} {problem}")
+
+        for field in ("api_key", "api_secret", "host"):
+            if not getattr(self, field):
+                fail(field, "must not be empty")
+        for field, (low, high) in _RANGES.items():
+            if not low <= getattr(self, field) <= high:
+                fail(field, f"must be from {low} to {high}")
+        if not re.fullmatch(r"(wss?|https?)://[^\s/]+(/\S*)?", self.livekit_url):
+            fail("livekit_url", "must be a ws://, wss://, http:// or https:// URL")
+        if not self.client_fields <= set(OPTIONAL_CLIENT_FIELDS):
+            fail("client_fields", "takes only: " + ", ".join(OPTIONAL_CLIENT_FIELDS))
+        if self.allowed_origins != {"*"} and not all(
+            re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", origin) for origin in self.allowed_origins
+        ) or not self.allowed_origins:
+            fail("allowed_origins", "takes * alone, or origins like https://app.example.com")
+
+
+def _parse_number(text: str, parser: Callable, name: str):
+    # int() and float() also take "+1", "1_0", " 1 ", "inf" and non-ASCII digits.
+    if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,9})?" if parser is float else r"[0-9]{1,9}", text):
+        raise SettingsError(f"{name} must be a number of at most 9 ASCII digits")
+    return parser(text)
+
+
+def load_settings(environ: Mapping[str, str], config_path: Optional[str] = None) -> Settings:
+    """Build Settings from built-in defaults, then config.ini, then the environment.
+
+    With no API key and no secret anywhere, runs in development mode on
+    LiveKit's dev credentials. Raises SettingsError naming the setting at fault.
+    """
+    values: dict = {}
+    if config_path is not None:
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            with open(config_path, encoding="utf-8") as file:
+                parser.read_file(file)
+        except (OSError, UnicodeDecodeError, configparser.Error) as err:
+            raise SettingsError(f"cannot read config file {config_path}: {type(err).__name__}") from None
+        known = {(section, key) for section, key, *_ in _SETTINGS_SOURCES}
+        if parser.defaults():
+            names = ", ".join(parser.defaults())
+            raise SettingsError(f"{config_path}: [DEFAULT] is not read; put {names} in its own section")
+        for section in parser.sections():
+            for key in parser[section]:
+                if (section, key) not in known:
+                    raise SettingsError(f"{config_path}: unknown setting {section}.{key}")
+            if section not in {known_section for known_section, _ in known}:
+                raise SettingsError(f"{config_path}: unknown section [{section}]")
+        for section, key, _, field, _ in _SETTINGS_SOURCES:
+            if parser.has_option(section, key):
+                values[field] = (f"{section}.{key}", parser[section][key])
+    for section, key, env_name, field, _ in _SETTINGS_SOURCES:
+        if env_name in environ:
+            values[field] = (env_name, environ[env_name])
+
+    parsed = {}
+    for _, _, _, field, parse in _SETTINGS_SOURCES:
+        if field in values:
+            name, text = values[field]
+            text = text.strip()
+            parsed[field] = _parse_number(text, parse, name) if parse in (int, float) else parse(text)
+
+    has_key, has_secret = "api_key" in parsed, "api_secret" in parsed
+    if not has_key and not has_secret:
+        parsed.update(api_key=DEV_API_KEY, api_secret=DEV_API_SECRET, dev_mode=True)
+    elif not has_key:
+        raise SettingsError("LIVEKIT_API_SECRET is set but LIVEKIT_API_KEY is not (livekit.api_key)")
+    elif not has_secret:
+        raise SettingsError("LIVEKIT_API_KEY is set but LIVEKIT_API_SECRET is not (livekit.api_secret)")
+    return Settings(**parsed)
+
+
+# --------------------------------------------------------------------------
+# The WSGI application
+
+_STATUS_TEXT = {
+    200: "200 OK",
+    201: "201 Created",
+    204: "204 No Content",
+    400: "400 Bad Request",
+    401: "401 Unauthorized",
+    403: "403 Forbidden",
+    404: "404 Not Found",
+    405: "405 Method Not Allowed",
+    408: "408 Request Timeout",
+    411: "411 Length Required",
+    413: "413 Content Too Large",
+    415: "415 Unsupported Media Type",
+    431: "431 Request Header Fields Too Large",
+    500: "500 Internal Server Error",
+    503: "503 Service Unavailable",
+    505: "505 HTTP Version Not Supported",
+}
+
+# Path -> methods. OPTIONS (CORS preflight) is answered for every route.
+_ROUTES = {
+    "/token": ("POST",),
+    "/webhook": ("POST",),
+    "/livekit/webhook": ("POST",),
+    "/healthz": ("GET", "HEAD"),
+}
+
+
+class HTTPError(Exception):
+    """A 4xx/5xx answer with a fixed, safe message."""
+
+    def __init__(self, status: int, message: str, headers: tuple = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+def _json_body(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode("ascii")
+
+
+def _read_body(environ: dict, limit: int) -> bytes:
+    """The request body, after checking Content-Length against `limit` (413 before reading)."""
+    length = environ.get("CONTENT_LENGTH", "")
+    if not length:
+        raise HTTPError(411, "Content-Length is required")
+    if not (length.isascii() and length.isdigit()) or len(length) > 12:
+        raise HTTPError(400, "Content-Length must be a decimal number")
+    size = int(length)
+    if size > limit:
+        raise HTTPError(413, f"Request body must be at most {limit} bytes")
+    body = environ["wsgi.input"].read(size)
+    if len(body) != size:
+        raise HTTPError(400, "Request body is shorter than Content-Length")
+    return body
+
+
+def _require_json(environ: dict) -> None:
+    media_type = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise HTTPError(415, "Content-Type must be application/json")
+
+
+def _log_text(value: object) -> str:
+    """A value from a request or an event, quoted so it cannot forge a log line."""
+    return json.dumps(value if type(value) is str else "")
+
+
+class Application:
+    """The WSGI application. Build it with make_app()."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        on_event: Optional[Callable[[dict], None]],
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.on_event = on_event
+        self.clock = clock
+        self.receiver = WebhookReceiver(TokenVerifier(settings.api_key, settings.api_secret, clock=clock))
+        self.ttl = datetime.timedelta(seconds=settings.token_ttl)
+        # Built once, never changed per request.
+        self.any_origin = "*" in settings.allowed_origins
+        self.common_headers = [
+            ("Content-Type", "application/json"),
+            ("Cache-Control", "no-store"),
+            ("X-Content-Type-Options", "nosniff"),
+        ]
+        if self.any_origin:
+            # No credentials are ever allowed, so "*" is safe and needs no Vary.
+            self.common_headers.append(("Access-Control-Allow-Origin", "*"))
+        self.preflight_headers = {
+            path: [
+                ("Allow", ", ".join(methods + ("OPTIONS",))),
+                ("Access-Control-Allow-Methods", ", ".join(methods + ("OPTIONS",))),
+                # "*" lets clients send their own headers; Authorization must be
+                # named, since the wildcard never covers it (Fetch standard).
+                ("Access-Control-Allow-Headers", "Authorization, Content-Type, *"),
+                ("Access-Control-Max-Age", "600"),
+            ]
+            for path, methods in _ROUTES.items()
+        }
+
+    def _cors_headers(self, environ: dict) -> list:
+        if self.any_origin:
+            return []
+        origin = environ.get("HTTP_ORIGIN")
+        if origin in self.settings.allowed_origins:
+            return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+        return [("Vary", "Origin")]
+
+    def respond(self, environ: dict, start_response: Callable, status: int, value: object = None, extra=()) -> list:
+        headers = self.common_headers + self._cors_headers(environ) + list(extra)
+        if status == 204:
+            # RFC 9110 §8.6: no Content-Length (and no content to type) in a 204.
+            start_response(_STATUS_TEXT[status], headers[1:])
+            return []
+        body = _json_body(value)
+        headers.append(("Content-Length", str(len(body))))
+        start_response(_STATUS_TEXT[status], headers)
+        return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
+
+    def error_response(self, environ: dict, start_response: Callable, status: int, message: str, extra=()) -> list:
+        return self.respond(environ, start_response, status, {"errorMessage": message}, extra)
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD", "")
+        methods = _ROUTES.get(path)
+        try:
+            if methods is None:
+                raise HTTPError(404, "Not found")
+            if method == "OPTIONS":
+                return self.respond(environ, start_response, 204, None, self.preflight_headers[path])
+            if method not in methods:
+                raise HTTPError(405, "Method not allowed", (("Allow", ", ".join(methods + ("OPTIONS",))),))
+            if path == "/token":
+                status, value = self.token(environ)
+            elif path == "/healthz":
+                status, value = 200, {"status": "ok"}
+            else:
+                status, value = self.webhook(environ)
+            return self.respond(environ, start_response, status, value)
+        except HTTPError as err:
+            return self.error_response(environ, start_response, err.status, err.message, err.headers)
+        except OSError:
+            raise  # the connection failed while the body was read: the WSGI server's business
+        except Exception as err:
+            log.error("unexpected error on %s: %s", path if path in _ROUTES else "-", type(err).__name__)
+            return self.error_response(environ, start_response, 500, "Internal server error")
+
+    # ---- POST /token
+
+    def token(self, environ: dict) -> tuple:
+        """Tell the two request shapes apart and answer in the one asked.
+
+        A body with any of LiveKit's snake_case fields (room_name, participant_identity, ...)
+        is LiveKit's standard endpoint: 201 {server_url, participant_token}. Any other object,
+        the empty one included, is the OpenVidu tutorials' shape: 200 {token}.
+        """
+        _require_json(environ)
+        try:
+            request = loads_object(_read_body(environ, MAX_TOKEN_BODY_BYTES))
+        except ValueError:
+            raise HTTPError(400, "Request body must be a JSON object") from None
+        standard = STANDARD_FIELDS.intersection(request)
+        if standard and OPENVIDU_FIELDS.intersection(request):
+            raise HTTPError(400, "Request mixes roomName/participantName with LiveKit's snake_case fields")
+        if standard:
+            return 201, self.standard_token(request)
+        return 200, self.openvidu_token(request)
+
+    def openvidu_token(self, request: dict) -> dict:
+        room, identity = request.get("roomName"), request.get("participantName")
+        if type(room) is not str or type(identity) is not str or not room or not identity:
+            raise HTTPError(400, "roomName and participantName are required")
+        _check_name(room, "roomName")
+        _check_name(identity, "participantName")
+        token = AccessToken(self.settings.api_key, self.settings.api_secret).with_identity(identity)
+        token.with_grants(VideoGrants(room_join=True, room=room)).with_ttl(self.ttl)
+        return {"token": token.to_jwt(now=self.clock())}
+
+    def standard_token(self, request: dict) -> dict:
+        unknown = set(request) - STANDARD_FIELDS
+        if unknown:
+            raise HTTPError(400, "Request has a field that is not part of LiveKit's token request")
+        for field in OPTIONAL_CLIENT_FIELDS:
+            if field in request and field not in self.settings.client_fields:
+                raise HTTPError(403, f"{field} may not be set by clients on this server")
+        # Optional fields left out are filled in, as LiveKit's own token server does.
+        room = _optional_str(request, "room_name") or "room-" + secrets.token_hex(4)
+        identity = _optional_str(request, "participant_identity") or "user-" + secrets.token_hex(4)
+        _check_name(room, "room_name")
+        _check_name(identity, "participant_identity")
+        token = AccessToken(self.settings.api_key, self.settings.api_secret).with_identity(identity)
+        token.with_grants(VideoGrants(room_join=True, room=room)).with_ttl(self.ttl)
+        name = _optional_str(request, "participant_name")
+        if name:
+            _check_name(name, "participant_name")
+            token.with_name(name)
+        metadata = _optional_str(request, "participant_metadata")
+        if metadata:
+            token.with_metadata(metadata)
+        if "participant_attributes" in request:
+            attributes = request["participant_attributes"]
+            if type(attributes) is not dict or not all(type(v) is str for v in attributes.values()):
+                raise HTTPError(400, "participant_attributes must be an object of strings")
+            token.with_attributes(attributes)
+        if "room_config" in request:
+            # Passed through as received: LiveKit Server's protojson reader takes
+            # the snake_case names clients send (agents[].agent_name).
+            try:
+                token.with_room_config(request["room_config"])
+            except ValueError:  # nested deeper than json.dumps can write
+                raise HTTPError(400, "room_config must be an object") from None
+        return {"server_url": self.settings.livekit_url, "participant_token": token.to_jwt(now=self.clock())}
+
+    # ---- POST /webhook
+
+    def webhook(self, environ: dict) -> tuple:
+        """Verify a LiveKit webhook; 200 once the handler took it, 5xx only if it failed."""
+        authorization = environ.get("HTTP_AUTHORIZATION", "")
+        if not authorization:
+            raise HTTPError(401, "Authorization header is required")
+        body = _read_body(environ, MAX_WEBHOOK_BODY_BYTES)
+        try:
+            event = self.receiver.receive(body, authorization)
+        except MalformedWebhook as err:
+            raise HTTPError(400, str(err)) from None
+        except LiveKitAuthError as err:
+            raise HTTPError(401, str(err)) from None
+        room = event.get("room") if type(event.get("room")) is dict else {}
+        participant = event.get("participant") if type(event.get("participant")) is dict else {}
+        log.info(
+            "webhook event=%s id=%s room=%s participant=%s",
+            _log_text(event["event"]),
+            _log_text(event.get("id")),
+            _log_text(room.get("name")),
+            _log_text(participant.get("identity")),
+        )
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception as err:
+                # LiveKit retries on 5xx; the event is not lost.
+                log.error("webhook handler failed: %s", type(err).__name__)
+                raise HTTPError(500, "Webhook handler failed") from None
+        return 200, {"status": "ok"}
+
+
+def _optional_str(request: dict, field: str) -> str:
+    value = request.get(field, "")
+    if type(value) is not str:
+        raise HTTPError(400, f"{field} must be a string")
+    return value
+
+
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _check_name(value: str, field: str) -> None:
+    if len(value) > MAX_NAME_LENGTH:
+        raise HTTPError(400, f"{field} must be at most {MAX_NAME_LENGTH} characters")
+    if _CONTROL_CHARACTER.search(value):
+        raise HTTPError(400, f"{field} must not contain control characters")
+
+
+def make_app(
+    settings: Settings,
+    *,
+    on_event: Optional[Callable[[dict], None]] = None,
+    clock: Callable[[], float] = time.time,
+) -> Application:
+    """The WSGI application for `settings`.
+
+    `on_event(event)` is called with each verified webhook event before the 200
+    is sent; if it raises, LiveKit gets a 500 and retries. `clock` returns Unix
+    seconds, for tokens and webhook verification.
+    """
+    return Application(settings, on_event, clock)
+
+
+# --------------------------------------------------------------------------
+# The runner: HTTP/1.1 on sockets and threads, standard library only.
+#
+# http.server/wsgiref fall short here: wsgiref's simple_server closes every
+# connection and copies os.environ (secrets too) into each WSGI environ;
+# sockets have no timeout; "X_Auth" would merge with "X-Auth"; headers and body
+# go out in separate sends, which with keep-alive stalls ~40 ms a request
+# (Nagle's algorithm against delayed ACKs). So the runner parses requests itself.
+
+MAX_HEAD_BYTES = 16 * 1024
+MAX_HEADERS = 100
+# How much of an unread body to swallow before closing, so that the client
+# reads our answer instead of a connection reset.
+MAX_DISCARD_BYTES = 1024 * 1024
+
+# RFC 9110 §5.6.2: token = 1*tchar.
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# RFC 9110 §5.5: field values hold no control characters but HTAB.
+_BAD_FIELD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class _Close(ConnectionError):
+    """End the connection without an answer (the client left or stalled)."""
+
+
+class _Reader:
+    """Buffered reads from a socket against one deadline, which slow clients cannot stretch."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def fill(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        self.sock.settimeout(remaining)
+        data = self.sock.recv(65536)
+        if not data:
+            raise _Close
+        self.buffer += data
+
+    def read_head(self, deadline: float) -> bytes:
+        """Everything up to the blank line ending the head, without it."""
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end > MAX_HEAD_BYTES or len(self.buffer) > MAX_HEAD_BYTES and end < 0:
+                raise HTTPError(431, "Request head is too large")
+            if end >= 0:
+                head, self.buffer = self.buffer[:end], self.buffer[end + 4 :]
+                return head
+            if b"\n\n" in self.buffer:
+                raise HTTPError(400, "Request lines must end with CRLF")
+            self.fill(deadline)
+
+    def read(self, size: int, deadline: float) -> bytes:
+        while len(self.buffer) < size:
+            self.fill(deadline)
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+
+class _Input:
+    """wsgi.input: the request body, never more than Content-Length."""
+
+    def __init__(self, reader: _Reader, length: int, deadline: float) -> None:
+        self.reader = reader
+        self.remaining = length
+        self.deadline = deadline
+        self.expects_continue = False
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0 or size > self.remaining:
+            size = self.remaining
+        if self.expects_continue and size:
+            # Sent only once the app reads: an app that refuses early (413) is not sent the body.
+            self.reader.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.expects_continue = False
+        data = self.reader.read(size, self.deadline)
+        self.remaining -= len(data)
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        # Not used by the application; a plain, bounded implementation for WSGI's sake.
+        line = b""
+        while self.remaining and not line.endswith(b"\n") and (size < 0 or len(line) < size):
+            line += self.read(1)
+        return line
+
+    def readlines(self, hint: int = -1) -> list:
+        return list(iter(self.readline, b""))
+
+    def __iter__(self):
+        return iter(self.readline, b"")
+
+
+def _parse_head(head: bytes) -> tuple:
+    """(method, target, version, headers as WSGI environ keys). Raises HTTPError."""
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]):
+        raise HTTPError(400, "Malformed request line")
+    method, target, version = (part.decode("latin-1") for part in parts)
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        if re.fullmatch(r"HTTP/[0-9]\.[0-9]", version):
+            raise HTTPError(505, "Only HTTP/1.1 and HTTP/1.0 are supported")
+        raise HTTPError(400, "Malformed request line")
+    if not (target.startswith("/") or (target == "*" and method == "OPTIONS")):
+        raise HTTPError(400, "Request target must be a path")
+    if len(lines) - 1 > MAX_HEADERS:
+        raise HTTPError(431, "Too many header fields")
+    headers: dict = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        # A name with white space (obs-fold, or "Name :") is rejected, RFC 9112 §5.
+        if not colon or not _TOKEN.fullmatch(name):
+            raise HTTPError(400, "Malformed header field")
+        value = value.strip(b" \t")
+        if _BAD_FIELD_VALUE.search(value):
+            raise HTTPError(400, "Header field value has a control character")
+        name_text = name.decode("ascii")
+        if "_" in name_text:
+            # WSGI spells "X-Auth" as HTTP_X_AUTH; "X_Auth" would pass for it.
+            continue
+        key = name_text.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+        value_text = value.decode("latin-1")
+        if key in headers:
+            # Framing and routing headers must be unambiguous (RFC 9112 §6.3, §3.2).
+            if key in ("CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING", "HTTP_HOST", "CONTENT_TYPE", "HTTP_AUTHORIZATION"):
+                raise HTTPError(400, "Repeated header field")
+            value_text = headers[key] + ", " + value_text
+        headers[key] = value_text
+    if "HTTP_TRANSFER_ENCODING" in headers:
+        # Chunked uploads are not needed by any client of this server; refusing
+        # them also closes the Content-Length/Transfer-Encoding smuggling gap.
+        raise HTTPError(411, "Transfer-Encoding is not supported; send Content-Length")
+    length = headers.get("CONTENT_LENGTH")
+    if length is not None and not (length.isascii() and length.isdigit() and len(length) <= 12):
+        raise HTTPError(400, "Content-Length must be a decimal number")
+    if version == "HTTP/1.1" and "HTTP_HOST" not in headers:
+        raise HTTPError(400, "Host header is required")
+    return method, target, version, headers
+
+
+class _DateHeader:
+    """The Date header, formatted once a second."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.line = b""
+
+    def __call__(self) -> bytes:
+        now = int(time.time())
+        if now != self.second:
+            self.line = b"Date: " + email.utils.formatdate(now, usegmt=True).encode("ascii") + b"\r\n"
+            self.second = now
+        return self.line
+
+
+class Server:
+    """Serves an Application over HTTP/1.1 with keep-alive, bounded threads and deadlines.
+
+    Up to `max_connections` connections are served at once; as many again are
+    answered 503 at once; beyond that, new connections wait in the listen backlog.
+    """
+
+    def __init__(self, app: Application, settings: Settings, *, backlog: int = 1024) -> None:
+        self.app = app
+        self.max_connections = settings.max_connections
+        self.idle_timeout = settings.idle_timeout
+        self.request_timeout = settings.request_timeout
+        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+        self.listener = socket.create_server((settings.host, settings.port), family=family, backlog=backlog)
+        self.address = self.listener.getsockname()[:2]
+        self.server_port = str(self.address[1])
+        self.lock = threading.Condition()
+        self.connections: dict = {}  # socket -> True while waiting for a request
+        self.draining = False
+        self.date = _DateHeader()
+
+    def serve_forever(self) -> None:
+        """Accept until drain() closes the listener."""
+        while True:
+            with self.lock:
+                while len(self.connections) >= 2 * self.max_connections and not self.draining:
+                    self.lock.wait()
+                if self.draining:
+                    return
+            try:
+                sock, client = self.listener.accept()
+            except OSError:
+                if self.draining:
+                    return
+                continue  # e.g. ECONNABORTED, EMFILE: keep serving the others
+            with self.lock:
+                saturated = len(self.connections) >= self.max_connections
+                self.connections[sock] = False
+            thread = threading.Thread(target=self.serve_connection, args=(sock, client[0], saturated), daemon=True)
+            thread.start()
+
+    def drain(self, grace: float = 10.0) -> None:
+        """Stop accepting, wake idle keep-alive connections, let in-flight requests finish."""
+        with self.lock:
+            self.draining = True
+            self.lock.notify_all()
+            for sock, idle in self.connections.items():
+                if idle:
+                    _shutdown(sock, socket.SHUT_RD)
+        # shutdown() wakes an accept() blocked in another thread; close() alone does not.
+        _shutdown(self.listener, socket.SHUT_RDWR)
+        self.listener.close()
+        deadline = time.monotonic() + grace
+        with self.lock:
+            while self.connections and time.monotonic() < deadline:
+                self.lock.wait(0.1)
+
+    def serve_connection(self, sock: socket.socket, client: str, saturated: bool) -> None:
+        reader = _Reader(sock)
+        linger = False
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            keep_alive = True
+            while keep_alive:
+                keep_alive, linger = self.serve_request(sock, reader, client, saturated)
+        except OSError:  # the client left, stalled (TimeoutError) or reset
+            pass
+        finally:
+            with self.lock:
+                del self.connections[sock]
+                self.lock.notify_all()
+            if linger:
+                _discard_and_close(sock)
+            else:
+                sock.close()
+
+    def serve_request(self, sock: socket.socket, reader: _Reader, client: str, saturated: bool) -> tuple:
+        """Serve one request; return (keep the connection, body left unread)."""
+        with self.lock:
+            if self.draining:
+                return False, False
+            self.connections[sock] = True
+        try:
+            # RFC 9112 §2.2: empty lines before a request (some clients send
+            # CRLF after a body) are ignored; the connection is still idle.
+            reader.buffer = reader.buffer.lstrip(b"\r\n")
+            while not reader.buffer:
+                reader.fill(time.monotonic() + self.idle_timeout)
+                reader.buffer = reader.buffer.lstrip(b"\r\n")
+        finally:
+            with self.lock:
+                self.connections[sock] = False
+        # The idle timeout ran until the first byte; the whole request now has request_timeout.
+        started = time.monotonic()
+        environ: dict = {}
+        method = target = "-"
+        try:
+            head = reader.read_head(started + self.request_timeout)
+            method, target, version, headers = _parse_head(head)
+            environ = self.environ(method, target, version, headers, client)
+            length = int(headers.get("CONTENT_LENGTH") or 0)
+            body = _Input(reader, length, started + self.request_timeout)
+            # RFC 9110 §10.1.1: a client that asked may wait for 100 before sending the body.
+            body.expects_continue = headers.get("HTTP_EXPECT", "").lower() == "100-continue" and length > 0
+            environ["wsgi.input"] = body
+            keep_alive = self.keep_alive(version, headers)
+            if saturated:
+                raise HTTPError(503, "Server is busy; try again", (("Retry-After", "1"),))
+            status, response_headers, chunks = self.call(self.app, environ)
+        except HTTPError as err:
+            status, response_headers, chunks = self.call(
+                self.app.error_response, environ, err.status, err.message, err.headers
+            )
+            keep_alive, body = False, None
+        except TimeoutError:
+            # 408 for a stalled request; an idle keep-alive connection just closes.
+            status, response_headers, chunks = self.call(self.app.error_response, environ, 408, "Request timed out")
+            keep_alive, body = False, None
+        unread = body is None or body.remaining > 0
+        if unread:
+            keep_alive = False
+        if self.draining:
+            keep_alive = False
+        out = [b"HTTP/1.1 ", status.encode("latin-1"), b"\r\n", self.date()]
+        for name, value in response_headers:
+            out.append(f"{name}: {value}\r\n".encode("latin-1"))
+        if not keep_alive:
+            out.append(b"Connection: close\r\n")
+        elif environ.get("SERVER_PROTOCOL") == "HTTP/1.0":
+            out.append(b"Connection: keep-alive\r\n")
+        out.append(b"\r\n")
+        out.extend(chunks)
+        # One send per response: see the comment above the runner.
+        sock.settimeout(self.request_timeout)
+        sock.sendall(b"".join(out))
+        log.info(
+            "%s %s %s %s %.1fms",
+            client,
+            method,
+            _loggable_path(target),
+            status[:3],
+            (time.monotonic() - started) * 1000,
+        )
+        return keep_alive, unread
+
+    def environ(self, method: str, target: str, version: str, headers: dict, client: str) -> dict:
+        # Built from the request alone: never os.environ, where the secrets are.
+        path, _, query = target.partition("?")
+        environ = {
+            "REQUEST_METHOD": method,
+            "SCRIPT_NAME": "",
+            "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
+            "QUERY_STRING": query,
+            "SERVER_NAME": self.address[0],
+            "SERVER_PORT": self.server_port,
+            "SERVER_PROTOCOL": version,
+            "REMOTE_ADDR": client,
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+        }
+        environ.update(headers)
+        return environ
+
+    @staticmethod
+    def keep_alive(version: str, headers: dict) -> bool:
+        connection = headers.get("HTTP_CONNECTION", "").lower()
+        if version == "HTTP/1.0":
+            return "keep-alive" in connection
+        return "close" not in connection
+
+    @staticmethod
+    def call(app: Callable, environ: dict, *args) -> tuple:
+        """Run a WSGI callable; (status, headers without Content-Length, body chunks)."""
+        started: list = []
+
+        def start_response(status, headers, exc_info=None):
+            started[:] = [status, headers]
+
+        try:
+            result = app(environ, start_response, *args)
+            try:
+                chunks = list(result)
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
+            status, headers = started
+        except OSError:
+            raise  # the client stalled or left while the body was read
+        except Exception as err:
+            log.error("application error: %s", type(err).__name__)
+            body = _json_body({"errorMessage": "Internal server error"})
+            return _STATUS_TEXT[500], [("Content-Type", "application/json"), ("Content-Length", str(len(body)))], [body]
+        return status, headers, chunks
+
+
+def _loggable_path(target: str) -> str:
+    # Only the path: query strings may carry credentials. Known routes are
+    # logged as they are; anything else is cut short, so no token fits in it.
+    path = target.partition("?")[0]
+    if path in _ROUTES:
+        return path
+    return json.dumps(path[:40] + ("..." if len(path) > 40 else ""))
+
+
+def _shutdown(sock: socket.socket, how: int) -> None:
+    try:
+        sock.shutdown(how)
+    except OSError:
+        pass
+
+
+def _discard_and_close(sock: socket.socket) -> None:
+    """Close after an answer sent with the body unread (413, 400 ...).
+
+    Closing with unread data makes the kernel send a reset, which can destroy
+    the answer before the client reads it; so stop writing, swallow what the
+    client still sends for a moment, then close.
+    """
+    _shutdown(sock, socket.SHUT_WR)
+    deadline = time.monotonic() + 2.0
+    discarded = 0
+    try:
+        while discarded < MAX_DISCARD_BYTES and time.monotonic() < deadline:
+            sock.settimeout(max(deadline - time.monotonic(), 0.01))
+            data = sock.recv(65536)
+            if not data:
+                break
+            discarded += len(data)
+    except OSError:
+        pass
+    sock.close()
+
+
+# --------------------------------------------------------------------------
+# Entry point
+
+
+def _settings_from_process() -> Settings:
+    parser = argparse.ArgumentParser(description="LiveKit token and webhook server")
+    parser.add_argument("--config", metavar="PATH", help="config.ini file (environment variables override it)")
+    args = parser.parse_args()
+    return load_settings(os.environ, args.config)
+
+
+def _configure_logging() -> None:
+    # A no-op where the host (a WSGI server, an embedding app) configured logging already.
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+
+def main() -> int:
+    _configure_logging()
+    try:
+        settings = _settings_from_process()
+    except SettingsError as err:
+        log.error("configuration error: %s", err)
+        return 2
+    if settings.dev_mode:
+        log.warning(DEV_MODE_WARNING, DEV_API_KEY)
+    elif len(settings.api_secret) < 32:
+        log.warning("LIVEKIT_API_SECRET is shorter than 32 characters: use a long random secret")
+    try:
+        server = Server(make_app(settings), settings)
+    except OSError as err:
+        log.error("cannot listen on %s:%s: %s", settings.host, settings.port, err.strerror)
+        return 1
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    log.info("listening on http://%s:%s (LiveKit URL %s)", server.address[0], server.address[1], settings.livekit_url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    # A second signal during the drain ends the process at once.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    log.info("shutting down: finishing requests in flight")
+    server.drain()
+    return 0
+
+
+def __getattr__(name: str) -> Application:
+    """`server:application` for WSGI servers (`gunicorn server:application`).
+
+    Built from the environment when a WSGI server asks for it, not on import,
+    so importing this module reads no environment.
+    """
+    if name != "application":
+        raise AttributeError(name)
+    _configure_logging()
+    settings = load_settings(os.environ)
+    if settings.dev_mode:
+        log.warning(DEV_MODE_WARNING, DEV_API_KEY)
+    return make_app(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

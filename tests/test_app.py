@@ -1,0 +1,1147 @@
+"""The WSGI application: called directly on wsgiref test environs, under wsgiref's validator.
+
+Every response goes through `call`, which also checks what must hold for any
+answer: no API secret or traceback in it, no Access-Control-Allow-Credentials,
+no repeated header, and a Content-Length that matches the body.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import hashlib
+import io
+import json
+import re
+import sys
+import time
+import wsgiref.util
+import wsgiref.validate
+from pathlib import Path
+
+import pytest
+from livekit import api as sdk
+
+import livekit_auth
+from server import MAX_TOKEN_BODY_BYTES, MAX_WEBHOOK_BODY_BYTES, OPTIONAL_CLIENT_FIELDS, Settings, make_app
+
+FIXED_NOW = 1735689600  # 2025-01-01T00:00:00Z, the vectors' clock
+API_KEY = "APItestkey"
+API_SECRET = "test-secret-that-must-never-leak-0123456789"
+ALL_CLIENT_FIELDS = frozenset(OPTIONAL_CLIENT_FIELDS)
+
+VECTORS = json.loads((Path(__file__).resolve().parent / "livekit-vectors.json").read_text(encoding="utf-8"))
+VECTOR = {vector["name"]: vector for vector in VECTORS["vectors"]}
+WEBHOOK_VECTORS = ["server-webhook", "sdk-webhook"]
+
+
+# --------------------------------------------------------------------------
+# Helpers
+
+
+def settings(**overrides) -> Settings:
+    values = dict(api_key=API_KEY, api_secret=API_SECRET)
+    values.update(overrides)
+    return Settings(**values)
+
+
+def app_for(clock=lambda: FIXED_NOW, on_event=None, **overrides):
+    return make_app(settings(**overrides), clock=clock, on_event=on_event)
+
+
+def webhook_app(vector_name: str, events: list, **overrides):
+    vector = VECTOR[vector_name]
+    return make_app(
+        settings(api_key=VECTORS["api_key"], api_secret=VECTORS["api_secret"], **overrides),
+        clock=lambda: vector["now"],
+        on_event=events.append,
+    )
+
+
+@dataclasses.dataclass
+class Response:
+    status: int
+    headers: list
+    body: bytes
+
+    def header(self, name: str):
+        values = [value for key, value in self.headers if key.lower() == name.lower()]
+        return values[0] if values else None
+
+    def json(self):
+        return json.loads(self.body)
+
+
+class UnreadableInput:
+    """wsgi.input that fails the test if the app reads the body."""
+
+    def __init__(self) -> None:
+        self.touched = False
+
+    def read(self, *args):
+        self.touched = True
+        raise AssertionError("the body must not be read")
+
+    readline = readlines = read
+
+    def __iter__(self):
+        return self.read()
+
+
+AUTO = object()
+
+
+def call(
+    app,
+    method: str = "POST",
+    path: str = "/token",
+    body: bytes = b"",
+    *,
+    content_type="application/json",
+    content_length=AUTO,
+    headers: dict = None,
+    wsgi_input=None,
+    validate: bool = True,
+) -> Response:
+    """One request; `content_type`/`content_length` None leaves the header out."""
+    environ: dict = {}
+    wsgiref.util.setup_testing_defaults(environ)
+    environ.update(
+        {
+            "REQUEST_METHOD": method,
+            "SCRIPT_NAME": "",
+            "PATH_INFO": path,
+            "QUERY_STRING": "",
+            "wsgi.input": io.BytesIO(body) if wsgi_input is None else wsgi_input,
+        }
+    )
+    if content_type is not None:
+        environ["CONTENT_TYPE"] = content_type
+    if content_length is AUTO:
+        content_length = str(len(body))
+    if content_length is not None:
+        environ["CONTENT_LENGTH"] = content_length
+    for name, value in (headers or {}).items():
+        environ["HTTP_" + name.upper().replace("-", "_")] = value
+
+    started = []
+
+    def start_response(status, response_headers, exc_info=None):
+        started[:] = [status, response_headers]
+
+    wsgi_app = wsgiref.validate.validator(app) if validate else app
+    result = wsgi_app(environ, start_response)
+    try:
+        body_out = b"".join(result)
+    finally:
+        if hasattr(result, "close"):
+            result.close()
+    status_line, response_headers = started
+    response = Response(int(status_line[:3]), list(response_headers), body_out)
+
+    # What holds for every answer.
+    names = [name.lower() for name, _ in response.headers]
+    assert len(names) == len(set(names)), response.headers
+    assert "access-control-allow-credentials" not in names
+    secret = app.settings.api_secret
+    assert secret.encode() not in response.body
+    assert not any(secret in value for _, value in response.headers)
+    assert b"Traceback" not in response.body and b'File "' not in response.body
+    if response.status != 204 and method != "HEAD":
+        assert response.header("Content-Length") == str(len(response.body))
+    return response
+
+
+def post_json(app, value, **kwargs) -> Response:
+    return call(app, "POST", "/token", json.dumps(value).encode(), **kwargs)
+
+
+def error(message: str) -> dict:
+    return {"errorMessage": message}
+
+
+def verify_ours(token: str, now: float = FIXED_NOW) -> livekit_auth.Claims:
+    return livekit_auth.TokenVerifier(API_KEY, API_SECRET).verify(token, now=now)
+
+
+def verify_sdk(token: str):
+    # The SDK checks exp/nbf against the real clock: mint these with clock=time.time.
+    return sdk.TokenVerifier(API_KEY, API_SECRET).verify(token)
+
+
+def sha256_b64(body: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(body).digest()).decode()
+
+
+def signed_webhook(body: bytes, now: float = FIXED_NOW, ttl: int = 300) -> str:
+    token = livekit_auth.AccessToken(API_KEY, API_SECRET).with_sha256(sha256_b64(body))
+    return token.with_ttl(datetime.timedelta(seconds=ttl)).to_jwt(now=now)
+
+
+# --------------------------------------------------------------------------
+# POST /token, OpenVidu shape: 200 {"token"}
+
+
+def test_openvidu_token_has_exactly_the_grants_asked_for():
+    response = post_json(app_for(), {"roomName": "Test Room", "participantName": "Participant42"})
+    assert response.status == 200
+    body = response.json()
+    assert list(body) == ["token"]
+    claims = verify_ours(body["token"])
+    assert claims.identity == "Participant42"
+    assert claims.video.room_join is True
+    assert claims.video.room == "Test Room"
+    assert claims.not_before == FIXED_NOW
+    assert claims.expires_at == FIXED_NOW + 900
+    assert claims.payload == {
+        "video": {
+            "roomJoin": True,
+            "room": "Test Room",
+            "canPublish": True,
+            "canSubscribe": True,
+            "canPublishData": True,
+        },
+        "sub": "Participant42",
+        "iss": API_KEY,
+        "nbf": FIXED_NOW,
+        "exp": FIXED_NOW + 900,
+    }
+
+
+def test_openvidu_token_equals_the_sdk_golden_vector_byte_for_byte():
+    # tutorial-token: the SDK's AccessToken with identity Participant42, room
+    # "Test Room", default ttl (6 h), devkey/secret, at now = 1735689600.
+    vector = VECTOR["tutorial-token"]
+    app = make_app(
+        Settings(api_key=VECTORS["api_key"], api_secret=VECTORS["api_secret"], token_ttl=6 * 3600),
+        clock=lambda: vector["now"],
+    )
+    response = post_json(app, {"roomName": "Test Room", "participantName": "Participant42"})
+    assert (response.status, response.json()) == (200, {"token": vector["jwt"]})
+
+
+@pytest.mark.parametrize("ttl", [1, 60, 86400], ids=["1s", "1min", "1day"])
+def test_openvidu_token_lifetime_is_the_configured_ttl(ttl):
+    response = post_json(app_for(token_ttl=ttl), {"roomName": "r", "participantName": "p"})
+    claims = verify_ours(response.json()["token"])
+    assert (claims.not_before, claims.expires_at) == (FIXED_NOW, FIXED_NOW + ttl)
+
+
+def test_openvidu_token_verifies_with_the_sdk():
+    response = post_json(app_for(clock=time.time), {"roomName": "Test Room", "participantName": "Participant42"})
+    assert response.status == 200
+    token = response.json()["token"]
+    claims = verify_sdk(token)
+    assert claims.identity == "Participant42"
+    assert claims.video.room_join is True
+    assert claims.video.room == "Test Room"
+    ours = verify_ours(token, now=time.time())
+    assert ours.expires_at - ours.not_before == 900
+
+
+def test_openvidu_shape_ignores_unknown_keys():
+    body = {"roomName": "r", "participantName": "p", "extra": 1, "roomConfig": {"x": 1}, "canPublish": False}
+    response = post_json(app_for(), body)
+    assert response.status == 200
+    assert list(response.json()) == ["token"]
+    claims = verify_ours(response.json()["token"])
+    assert (claims.identity, claims.video.room, claims.room_config) == ("p", "r", None)
+    assert claims.video.can_publish is True
+
+
+OPENVIDU_BAD_FIELDS = [
+    ({"participantName": "p"}, "missing-roomName"),
+    ({"roomName": "r"}, "missing-participantName"),
+    ({}, "empty-object"),
+    ({"roomName": "", "participantName": "p"}, "empty-roomName"),
+    ({"roomName": "r", "participantName": ""}, "empty-participantName"),
+    ({"roomName": 1, "participantName": "p"}, "number-roomName"),
+    ({"roomName": "r", "participantName": 42}, "number-participantName"),
+    ({"roomName": None, "participantName": "p"}, "null-roomName"),
+    ({"roomName": "r", "participantName": None}, "null-participantName"),
+    ({"roomName": ["r"], "participantName": "p"}, "list-roomName"),
+    ({"roomName": "r", "participantName": ["p"]}, "list-participantName"),
+    ({"roomName": True, "participantName": "p"}, "bool-roomName"),
+    ({"roomName": "r", "participantName": False}, "bool-participantName"),
+    ({"roomName": {"name": "r"}, "participantName": "p"}, "object-roomName"),
+    ({"roomname": "r", "participantname": "p"}, "wrong-case-keys"),
+]
+
+
+@pytest.mark.parametrize("body", [row[0] for row in OPENVIDU_BAD_FIELDS], ids=[row[1] for row in OPENVIDU_BAD_FIELDS])
+def test_openvidu_bad_fields_are_400(body):
+    response = post_json(app_for(), body)
+    assert (response.status, response.json()) == (400, error("roomName and participantName are required"))
+
+
+NAME_ROWS = [
+    ("x" * 257, "must be at most 256 characters", "257-chars"),
+    ("\x00", "must not contain control characters", "NUL"),
+    ("a\nb", "must not contain control characters", "newline"),
+    ("a\tb", "must not contain control characters", "tab"),
+    ("a\x1bb", "must not contain control characters", "escape"),
+    ("a\x7fb", "must not contain control characters", "DEL"),
+    ("a\x85b", "must not contain control characters", "C1-NEL"),
+]
+
+
+@pytest.mark.parametrize("field", ["roomName", "participantName"])
+@pytest.mark.parametrize("value,message", [row[:2] for row in NAME_ROWS], ids=[row[2] for row in NAME_ROWS])
+def test_openvidu_bad_names_are_400(field, value, message):
+    body = {"roomName": "r", "participantName": "p", field: value}
+    response = post_json(app_for(), body)
+    assert (response.status, response.json()) == (400, error(f"{field} {message}"))
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["x" * 256, "Test Room", "Zoë Œ 会議室 🎉", "a-b_c.d@e", " leading and trailing "],
+    ids=["256-chars", "space", "non-ascii", "punctuation", "outer-spaces"],
+)
+def test_openvidu_names_that_must_pass(value):
+    response = post_json(app_for(), {"roomName": value, "participantName": value})
+    assert response.status == 200
+    claims = verify_ours(response.json()["token"])
+    assert (claims.identity, claims.video.room) == (value, value)
+
+
+# --------------------------------------------------------------------------
+# POST /token, LiveKit standard shape: 201 {"server_url", "participant_token"}
+
+
+def test_standard_token():
+    app = app_for(livekit_url="wss://lk.example.com")
+    response = post_json(app, {"room_name": "room-1", "participant_identity": "alice"})
+    assert response.status == 201
+    body = response.json()
+    assert list(body) == ["server_url", "participant_token"]
+    assert body["server_url"] == "wss://lk.example.com"
+    claims = verify_ours(body["participant_token"])
+    assert (claims.identity, claims.video.room, claims.video.room_join) == ("alice", "room-1", True)
+    assert (claims.not_before, claims.expires_at) == (FIXED_NOW, FIXED_NOW + 900)
+    assert (claims.name, claims.metadata, claims.attributes, claims.room_config) == ("", "", {}, None)
+
+
+def test_standard_token_verifies_with_the_sdk():
+    app = app_for(clock=time.time)
+    response = post_json(app, {"room_name": "room-1", "participant_identity": "alice"})
+    assert response.status == 201
+    claims = verify_sdk(response.json()["participant_token"])
+    assert (claims.identity, claims.video.room, claims.video.room_join) == ("alice", "room-1", True)
+
+
+@pytest.mark.parametrize(
+    "body,room,identity",
+    [
+        ({"room_name": "r"}, "r", r"user-[0-9a-f]{8}"),
+        ({"participant_identity": "u"}, r"room-[0-9a-f]{8}", "u"),
+        ({"room_name": "", "participant_identity": ""}, r"room-[0-9a-f]{8}", r"user-[0-9a-f]{8}"),
+        ({"participant_name": "Alice"}, r"room-[0-9a-f]{8}", r"user-[0-9a-f]{8}"),
+    ],
+    ids=["no-identity", "no-room", "both-empty", "neither"],
+)
+def test_standard_token_fills_in_random_room_and_identity(body, room, identity):
+    response = post_json(app_for(), body)
+    assert response.status == 201
+    claims = verify_ours(response.json()["participant_token"])
+    assert re.fullmatch(room, claims.video.room)
+    assert re.fullmatch(identity, claims.identity)
+
+
+def test_standard_token_random_names_differ_between_requests():
+    tokens = [post_json(app_for(), {"participant_name": "A"}).json()["participant_token"] for _ in range(2)]
+    first, second = (verify_ours(token) for token in tokens)
+    assert first.identity != second.identity
+    assert first.video.room != second.video.room
+
+
+def test_standard_token_participant_name_is_allowed_by_default():
+    response = post_json(app_for(), {"room_name": "r", "participant_identity": "u", "participant_name": "Alice A."})
+    assert response.status == 201
+    assert verify_ours(response.json()["participant_token"]).name == "Alice A."
+
+
+FORBIDDEN_ROWS = [
+    ({"participant_metadata": "m"}, frozenset(("participant_name",)), "participant_metadata", "default-metadata"),
+    (
+        {"participant_attributes": {"a": "b"}},
+        frozenset(("participant_name",)),
+        "participant_attributes",
+        "default-attributes",
+    ),
+    ({"room_config": {}}, frozenset(("participant_name",)), "room_config", "default-room_config"),
+    ({"participant_name": "n"}, frozenset(), "participant_name", "none-name"),
+    ({"participant_metadata": ""}, frozenset(), "participant_metadata", "none-empty-metadata"),
+    ({"room_config": None}, frozenset(("participant_name",)), "room_config", "default-null-room_config"),
+    ({"participant_metadata": "m"}, frozenset(("room_config",)), "participant_metadata", "other-field-allowed"),
+]
+
+
+@pytest.mark.parametrize(
+    "extra,client_fields,field", [row[:3] for row in FORBIDDEN_ROWS], ids=[row[3] for row in FORBIDDEN_ROWS]
+)
+def test_standard_fields_not_allowed_by_settings_are_403(extra, client_fields, field):
+    body = {"room_name": "r", "participant_identity": "u", **extra}
+    response = post_json(app_for(client_fields=client_fields), body)
+    assert (response.status, response.json()) == (403, error(f"{field} may not be set by clients on this server"))
+
+
+RICH_REQUEST = {
+    "room_name": "room-1",
+    "participant_identity": "alice",
+    "participant_name": "Alice A.",
+    "participant_metadata": '{"role":"host"}',
+    "participant_attributes": {"team": "red", "seat": "3"},
+    "room_config": {"agents": [{"agent_name": "a"}]},
+}
+
+
+def test_standard_token_with_every_client_field():
+    response = post_json(app_for(client_fields=ALL_CLIENT_FIELDS), RICH_REQUEST)
+    assert response.status == 201
+    claims = verify_ours(response.json()["participant_token"])
+    assert claims.identity == "alice"
+    assert claims.video.room == "room-1"
+    assert claims.name == "Alice A."
+    assert claims.metadata == '{"role":"host"}'
+    assert claims.attributes == {"team": "red", "seat": "3"}
+    # Passed through as received, not converted to camelCase.
+    assert claims.room_config == {"agents": [{"agent_name": "a"}]}
+    assert claims.payload["roomConfig"] == {"agents": [{"agent_name": "a"}]}
+
+
+def test_standard_token_with_every_client_field_verifies_with_the_sdk():
+    response = post_json(app_for(clock=time.time, client_fields=ALL_CLIENT_FIELDS), RICH_REQUEST)
+    assert response.status == 201
+    claims = verify_sdk(response.json()["participant_token"])
+    assert (claims.identity, claims.name, claims.metadata) == ("alice", "Alice A.", '{"role":"host"}')
+    assert claims.attributes == {"team": "red", "seat": "3"}
+    assert claims.video.room == "room-1"
+    assert len(claims.room_config.agents) == 1
+    assert claims.room_config.agents[0].agent_name == "a"
+
+
+ATTRIBUTES_MESSAGE = "participant_attributes must be an object of strings"
+STANDARD_TYPE_ROWS = [
+    ({"room_name": 5}, "room_name must be a string", "room_name-number"),
+    ({"room_name": None}, "room_name must be a string", "room_name-null"),
+    ({"room_name": ["r"]}, "room_name must be a string", "room_name-list"),
+    ({"participant_identity": True}, "participant_identity must be a string", "identity-bool"),
+    ({"participant_identity": {}}, "participant_identity must be a string", "identity-object"),
+    ({"participant_name": 1}, "participant_name must be a string", "name-number"),
+    ({"participant_name": None}, "participant_name must be a string", "name-null"),
+    ({"participant_metadata": {"role": "host"}}, "participant_metadata must be a string", "metadata-object"),
+    ({"participant_metadata": False}, "participant_metadata must be a string", "metadata-bool"),
+    ({"participant_attributes": "team=red"}, ATTRIBUTES_MESSAGE, "attributes-string"),
+    ({"participant_attributes": ["a"]}, ATTRIBUTES_MESSAGE, "attributes-list"),
+    ({"participant_attributes": None}, ATTRIBUTES_MESSAGE, "attributes-null"),
+    ({"participant_attributes": {"a": 1}}, ATTRIBUTES_MESSAGE, "attributes-number-value"),
+    ({"participant_attributes": {"a": None}}, ATTRIBUTES_MESSAGE, "attributes-null-value"),
+    ({"participant_attributes": {"a": {"b": "c"}}}, ATTRIBUTES_MESSAGE, "attributes-nested"),
+    ({"room_config": []}, "room_config must be an object", "room_config-list"),
+    ({"room_config": "{}"}, "room_config must be an object", "room_config-string"),
+    ({"room_config": None}, "room_config must be an object", "room_config-null"),
+    ({"room_config": 0}, "room_config must be an object", "room_config-number"),
+]
+
+
+@pytest.mark.parametrize(
+    "extra,message", [row[:2] for row in STANDARD_TYPE_ROWS], ids=[row[2] for row in STANDARD_TYPE_ROWS]
+)
+def test_standard_wrong_types_are_400(extra, message):
+    body = {"room_name": "r", "participant_identity": "u", **extra}
+    response = post_json(app_for(client_fields=ALL_CLIENT_FIELDS), body)
+    assert (response.status, response.json()) == (400, error(message))
+
+
+@pytest.mark.parametrize("field", ["room_name", "participant_identity", "participant_name"])
+@pytest.mark.parametrize("value,message", [row[:2] for row in NAME_ROWS], ids=[row[2] for row in NAME_ROWS])
+def test_standard_bad_names_are_400(field, value, message):
+    body = {"room_name": "r", "participant_identity": "u", field: value}
+    response = post_json(app_for(client_fields=ALL_CLIENT_FIELDS), body)
+    assert (response.status, response.json()) == (400, error(f"{field} {message}"))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"room_name": "r", "extra": 1},
+        {"room_name": "r", "roomConfig": {}},
+        {"room_name": "r", "participant_kind": "agent"},
+        {"participant_identity": "u", "can_publish": False},
+        {"room_name": "r", "Room_Name": "s"},
+    ],
+    ids=["extra", "camelCase-roomConfig", "participant_kind", "can_publish", "case-variant"],
+)
+def test_standard_shape_unknown_keys_are_400(body):
+    response = post_json(app_for(client_fields=ALL_CLIENT_FIELDS), body)
+    assert (response.status, response.json()) == (
+        400,
+        error("Request has a field that is not part of LiveKit's token request"),
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"roomName": "r", "participantName": "p", "room_name": "r"},
+        {"roomName": "r", "participant_identity": "u"},
+        {"participantName": "p", "participant_name": "n"},
+    ],
+    ids=["both-rooms", "roomName-identity", "participantName-name"],
+)
+def test_mixing_the_two_shapes_is_400(body):
+    response = post_json(app_for(), body)
+    assert (response.status, response.json()) == (
+        400,
+        error("Request mixes roomName/participantName with LiveKit's snake_case fields"),
+    )
+
+
+def _room_config_nested(depth: int) -> bytes:
+    return b'{"room_name":"r","room_config":{"a":' + b"[" * depth + b"]" * depth + b"}}"
+
+
+def test_room_config_nested_near_the_recursion_limit_is_never_500():
+    app = app_for(client_fields=ALL_CLIENT_FIELDS)
+    limit = sys.getrecursionlimit()
+    statuses = {}
+    for depth in range(max(limit - 200, 1), limit + 20):
+        statuses[depth] = call(app, "POST", "/token", _room_config_nested(depth)).status
+    assert {depth: status for depth, status in statuses.items() if status not in (201, 400)} == {}
+
+
+# --------------------------------------------------------------------------
+# POST /token: body, Content-Type and Content-Length
+
+
+def _padded(size: int) -> bytes:
+    """A valid OpenVidu request of exactly `size` bytes."""
+    head = b'{"roomName":"r","participantName":"p","pad":"'
+    return head + b"x" * (size - len(head) - 2) + b'"}'
+
+
+NOT_A_JSON_OBJECT = [
+    (b"roomName=r&participantName=p", "form-encoded"),
+    (b"", "empty"),
+    (b"   ", "whitespace"),
+    (b"[]", "array"),
+    (b'[{"roomName":"r","participantName":"p"}]', "array-of-request"),
+    (b'"roomName"', "string"),
+    (b"null", "null"),
+    (b"1", "number"),
+    (b'{"roomName":"r","participantName":"p"', "truncated"),
+    (b'{"roomName":"r","participantName":"p"} {}', "trailing-data"),
+    (b'{"roomName":"r\xff","participantName":"p"}', "invalid-utf8"),
+    (b'{"roomName":"\xed\xa0\x80","participantName":"p"}', "utf8-encoded-surrogate"),
+    ('{"roomName":"r","participantName":"p"}'.encode("utf-16"), "utf16-bom"),
+    ('{"roomName":"r","participantName":"p"}'.encode("utf-16-le"), "utf16-le"),
+    ('{"roomName":"r","participantName":"p"}'.encode("utf-32"), "utf32"),
+    (b'\xef\xbb\xbf{"roomName":"r","participantName":"p"}', "utf8-bom"),
+    (b'{"roomName":"\\ud800","participantName":"p"}', "lone-surrogate-escape"),
+    (b'{"roomName":"r","participantName":"p","participantName":"q"}', "duplicate-key"),
+    (b'{"roomName":"r","participantName":"p","x":{"a":1,"a":1}}', "nested-duplicate-key"),
+    (b'{"roomName":"r","participantName":"p","x":NaN}', "NaN"),
+    (b'{"roomName":"r","participantName":"p","x":Infinity}', "Infinity"),
+    (b'{"roomName":"r","participantName":"p","x":-Infinity}', "minus-Infinity"),
+    (b'{"roomName":"r","participantName":"p","x":' + b"[" * 7000 + b"]" * 7000 + b"}", "nested-7000-deep"),
+    (b'{"roomName":"r","participantName":"p","x":' + b"1" * 5000 + b"}", "integer-5000-digits"),
+    (b"{'roomName':'r','participantName':'p'}", "single-quotes"),
+    (b'{"roomName":"r","participantName":"p",}', "trailing-comma"),
+]
+
+
+@pytest.mark.parametrize("body", [row[0] for row in NOT_A_JSON_OBJECT], ids=[row[1] for row in NOT_A_JSON_OBJECT])
+def test_body_that_is_not_a_strict_json_object_is_400(body):
+    assert len(body) <= MAX_TOKEN_BODY_BYTES
+    response = call(app_for(), "POST", "/token", body)
+    assert (response.status, response.json()) == (400, error("Request body must be a JSON object"))
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "application/json; charset=utf-8", "application/json;charset=UTF-8", "Application/JSON"],
+    ids=["plain", "charset", "charset-no-space", "upper-case"],
+)
+def test_json_content_types_are_accepted(content_type):
+    response = post_json(app_for(), {"roomName": "r", "participantName": "p"}, content_type=content_type)
+    assert response.status == 200
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/jsonx",
+        "application/json-patch+json",
+        "text/json",
+        "multipart/form-data; boundary=x",
+    ],
+    ids=["missing", "empty", "text-plain", "form", "jsonx", "json-patch", "text-json", "multipart"],
+)
+def test_other_content_types_are_415(content_type):
+    response = post_json(app_for(), {"roomName": "r", "participantName": "p"}, content_type=content_type)
+    assert (response.status, response.json()) == (415, error("Content-Type must be application/json"))
+
+
+def test_missing_content_length_is_411():
+    response = post_json(app_for(), {"roomName": "r", "participantName": "p"}, content_length=None)
+    assert (response.status, response.json()) == (411, error("Content-Length is required"))
+
+
+# int() takes all of these (gunicorn #2977, werkzeug #2716); so does wsgiref's validator.
+LENIENT_INT_LENGTHS = [
+    ("+38", "plus"),
+    ("3_8", "underscore"),
+    (" 38", "leading-space"),
+    ("38 ", "trailing-space"),
+    ("\u0663\u0668", "arabic-indic-digits"),
+    ("\uff13\uff18", "fullwidth-digits"),
+]
+# int() refuses these, and so would the validator: called without it.
+INVALID_LENGTHS = [
+    ("-1", "negative"),
+    ("abc", "letters"),
+    ("38.0", "decimal"),
+    ("0x26", "hex"),
+    ("38, 38", "repeated"),
+    ("1" * 13, "13-digits"),
+]
+
+
+@pytest.mark.parametrize("length", [row[0] for row in LENIENT_INT_LENGTHS], ids=[row[1] for row in LENIENT_INT_LENGTHS])
+def test_content_length_that_int_would_take_is_400(length):
+    body = b'{"roomName":"r","participantName":"p"}'
+    assert len(body) == 38
+    response = call(app_for(), "POST", "/token", body, content_length=length)
+    assert (response.status, response.json()) == (400, error("Content-Length must be a decimal number"))
+
+
+@pytest.mark.parametrize("length", [row[0] for row in INVALID_LENGTHS], ids=[row[1] for row in INVALID_LENGTHS])
+def test_content_length_that_is_not_a_number_is_400(length):
+    body = b'{"roomName":"r","participantName":"p"}'
+    response = call(app_for(), "POST", "/token", body, content_length=length, validate=False)
+    assert (response.status, response.json()) == (400, error("Content-Length must be a decimal number"))
+
+
+def test_content_length_with_leading_zeros_is_a_number():
+    body = b'{"roomName":"r","participantName":"p"}'
+    response = call(app_for(), "POST", "/token", body, content_length="0038")
+    assert response.status == 200
+
+
+def test_body_shorter_than_content_length_is_400():
+    response = call(app_for(), "POST", "/token", b'{"roomName":"r","participantName":"p"}', content_length="100")
+    assert (response.status, response.json()) == (400, error("Request body is shorter than Content-Length"))
+
+
+def test_body_of_exactly_the_limit_is_read():
+    body = _padded(MAX_TOKEN_BODY_BYTES)
+    assert len(body) == 16 * 1024
+    assert call(app_for(), "POST", "/token", body).status == 200
+
+
+@pytest.mark.parametrize(
+    "length", [str(16 * 1024 + 1), str(10**6), "999999999999"], ids=["limit+1", "1MB", "12-digits"]
+)
+def test_token_body_over_16_kib_is_413_and_not_read(length):
+    wsgi_input = UnreadableInput()
+    response = call(app_for(), "POST", "/token", content_length=length, wsgi_input=wsgi_input)
+    assert (response.status, response.json()) == (413, error("Request body must be at most 16384 bytes"))
+    assert not wsgi_input.touched
+
+
+# --------------------------------------------------------------------------
+# POST /webhook and /livekit/webhook
+
+
+WEBHOOK_PATHS = ["/webhook", "/livekit/webhook"]
+
+
+@pytest.mark.parametrize("path", WEBHOOK_PATHS)
+@pytest.mark.parametrize("vector_name", WEBHOOK_VECTORS)
+@pytest.mark.parametrize("prefix", ["", "Bearer ", "bearer "], ids=["bare", "Bearer", "bearer-lower"])
+def test_webhook_golden_vectors_are_accepted(path, vector_name, prefix):
+    vector = VECTOR[vector_name]
+    events: list = []
+    response = call(
+        webhook_app(vector_name, events),
+        "POST",
+        path,
+        vector["body"].encode(),
+        content_type="application/webhook+json",
+        headers={"Authorization": prefix + vector["jwt"]},
+    )
+    assert (response.status, response.json()) == (200, {"status": "ok"})
+    assert events == [json.loads(vector["body"])]
+
+
+def test_webhook_without_on_event_is_200():
+    vector = VECTOR["server-webhook"]
+    app = make_app(
+        Settings(api_key=VECTORS["api_key"], api_secret=VECTORS["api_secret"]), clock=lambda: vector["now"]
+    )
+    response = call(app, "POST", "/webhook", vector["body"].encode(), headers={"Authorization": vector["jwt"]})
+    assert (response.status, response.json()) == (200, {"status": "ok"})
+
+
+@pytest.mark.parametrize("path", WEBHOOK_PATHS)
+@pytest.mark.parametrize("authorization", [None, ""], ids=["missing", "empty"])
+def test_webhook_without_authorization_is_401(path, authorization):
+    vector = VECTOR["server-webhook"]
+    events: list = []
+    headers = {} if authorization is None else {"Authorization": authorization}
+    response = call(webhook_app("server-webhook", events), "POST", path, vector["body"].encode(), headers=headers)
+    assert (response.status, response.json()) == (401, error("Authorization header is required"))
+    assert events == []
+
+
+def _tamper(body: str) -> bytes:
+    # The vectors' note: a space after a comma must fail with a hash mismatch.
+    return body.replace(",", ", ", 1).encode()
+
+
+def _flip_last_byte(body: str) -> bytes:
+    raw = body.encode()
+    return raw[:-1] + (b"]" if raw[-1:] == b"}" else b"}")
+
+
+WEBHOOK_401_ROWS = [
+    ("server-webhook", "space-after-comma", 0, "body does not match the signed sha256"),
+    ("sdk-webhook", "space-after-comma", 0, "body does not match the signed sha256"),
+    ("server-webhook", "last-byte", 0, "body does not match the signed sha256"),
+    ("server-webhook", "trailing-newline", 0, "body does not match the signed sha256"),
+    ("server-webhook", "none", 3600, "token has expired"),
+    ("sdk-webhook", "none", 3600, "token has expired"),
+    ("server-webhook", "none", -3600, "token is not valid yet (nbf)"),
+]
+_BODY_CHANGES = {
+    "none": lambda body: body.encode(),
+    "space-after-comma": _tamper,
+    "last-byte": _flip_last_byte,
+    "trailing-newline": lambda body: body.encode() + b"\n",
+}
+
+
+@pytest.mark.parametrize(
+    "vector_name,change,clock_offset,message",
+    WEBHOOK_401_ROWS,
+    ids=[f"{row[0]}-{row[1]}-{row[2]:+d}s" for row in WEBHOOK_401_ROWS],
+)
+def test_webhook_that_fails_verification_is_401(vector_name, change, clock_offset, message):
+    vector = VECTOR[vector_name]
+    events: list = []
+    app = make_app(
+        Settings(api_key=VECTORS["api_key"], api_secret=VECTORS["api_secret"]),
+        clock=lambda: vector["now"] + clock_offset,
+        on_event=events.append,
+    )
+    body = _BODY_CHANGES[change](vector["body"])
+    response = call(app, "POST", "/webhook", body, headers={"Authorization": vector["jwt"]})
+    assert (response.status, response.json()) == (401, error(message))
+    assert events == []
+
+
+@pytest.mark.parametrize(
+    "authorization,message",
+    [
+        ("not-a-jwt", "token must have three dot-separated segments"),
+        ("Bearer ", "token must have three dot-separated segments"),
+        ("Basic ZGV2a2V5OnNlY3JldA==", "token must have three dot-separated segments"),
+    ],
+    ids=["garbage", "bearer-nothing", "basic-auth"],
+)
+def test_webhook_with_a_malformed_authorization_is_401(authorization, message):
+    vector = VECTOR["server-webhook"]
+    events: list = []
+    response = call(
+        webhook_app("server-webhook", events),
+        "POST",
+        "/webhook",
+        vector["body"].encode(),
+        headers={"Authorization": authorization},
+    )
+    assert (response.status, response.json()) == (401, error(message))
+    assert events == []
+
+
+def test_webhook_signed_with_another_secret_is_401():
+    vector = VECTOR["server-webhook"]
+    events: list = []
+    app = make_app(
+        Settings(api_key=VECTORS["api_key"], api_secret="another-secret"),
+        clock=lambda: vector["now"],
+        on_event=events.append,
+    )
+    response = call(app, "POST", "/webhook", vector["body"].encode(), headers={"Authorization": vector["jwt"]})
+    assert (response.status, response.json()) == (401, error("token signature does not match"))
+    assert events == []
+
+
+def test_webhook_authorized_by_a_token_from_our_token_endpoint_is_401():
+    events: list = []
+    app = app_for(on_event=events.append)
+    token = post_json(app, {"roomName": "r", "participantName": "p"}).json()["token"]
+    body = b'{"event":"room_started","room":{"name":"r"}}'
+    response = call(app, "POST", "/webhook", body, headers={"Authorization": token})
+    assert (response.status, response.json()) == (401, error("token has no sha256 claim: not a webhook token"))
+    assert events == []
+
+
+NOT_AN_EVENT = [
+    (b"[]", "body is not a JSON object", "array"),
+    (b'{"x":1}', 'body has no "event" string', "no-event"),
+    (b'{"event":""}', 'body has no "event" string', "empty-event"),
+    (b'{"event":1}', 'body has no "event" string', "number-event"),
+    (b'{"event":null}', 'body has no "event" string', "null-event"),
+    (b"not json", "body is not a JSON object", "not-json"),
+    (b"", "body is not a JSON object", "empty-body"),
+    (b'{"event":"room_started","event":"room_finished"}', "body is not a JSON object", "duplicate-key"),
+    (b'{"event":"room_started","x":NaN}', "body is not a JSON object", "NaN"),
+    (b'{"event":"room_started","x":' + b"1" * 5000 + b"}", "body is not a JSON object", "integer-5000-digits"),
+    (
+        b'{"event":"room_started","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        "body is not a JSON object",
+        "nested-100000-deep",
+    ),
+    ('{"event":"room_started"}'.encode("utf-16"), "body is not a JSON object", "utf16"),
+]
+
+
+@pytest.mark.parametrize("body,message", [row[:2] for row in NOT_AN_EVENT], ids=[row[2] for row in NOT_AN_EVENT])
+def test_webhook_with_a_signed_body_that_is_not_an_event_is_400(body, message):
+    events: list = []
+    app = app_for(on_event=events.append)
+    response = call(app, "POST", "/webhook", body, headers={"Authorization": signed_webhook(body)})
+    assert (response.status, response.json()) == (400, error(message))
+    assert events == []
+
+
+def test_webhook_signed_by_us_is_accepted():
+    events: list = []
+    body = b'{"event":"room_finished","room":{"name":"r"},"id":"EV_1"}'
+    app = app_for(on_event=events.append)
+    response = call(app, "POST", "/webhook", body, headers={"Authorization": signed_webhook(body)})
+    assert (response.status, response.json()) == (200, {"status": "ok"})
+    assert events == [{"event": "room_finished", "room": {"name": "r"}, "id": "EV_1"}]
+
+
+@pytest.mark.parametrize("path", WEBHOOK_PATHS)
+@pytest.mark.parametrize("prefix", ["", "Bearer "], ids=["bare", "Bearer"])
+def test_webhook_signed_by_the_sdk_is_accepted(path, prefix):
+    events: list = []
+    body = b'{"event":"participant_left","room":{"name":"Test Room"},"participant":{"identity":"p"},"id":"EV_2"}'
+    token = sdk.AccessToken(API_KEY, API_SECRET).with_sha256(sha256_b64(body))
+    jwt = token.with_ttl(datetime.timedelta(minutes=5)).to_jwt()  # the SDK mints on the real clock
+    app = app_for(clock=time.time, on_event=events.append)
+    headers = {"Authorization": prefix + jwt}
+    response = call(app, "POST", path, body, content_type="application/webhook+json", headers=headers)
+    assert (response.status, response.json()) == (200, {"status": "ok"})
+    assert events == [json.loads(body)]
+
+
+def test_webhook_handler_failure_is_500():
+    vector = VECTOR["server-webhook"]
+    calls = []
+
+    def on_event(event):
+        calls.append(event)
+        raise RuntimeError(f"handler broke with {API_SECRET}")
+
+    app = make_app(
+        Settings(api_key=VECTORS["api_key"], api_secret=VECTORS["api_secret"]),
+        clock=lambda: vector["now"],
+        on_event=on_event,
+    )
+    response = call(app, "POST", "/webhook", vector["body"].encode(), headers={"Authorization": vector["jwt"]})
+    assert (response.status, response.json()) == (500, error("Webhook handler failed"))
+    assert len(calls) == 1
+    assert API_SECRET.encode() not in response.body
+
+
+def test_webhook_without_content_length_is_411():
+    vector = VECTOR["server-webhook"]
+    events: list = []
+    response = call(
+        webhook_app("server-webhook", events),
+        "POST",
+        "/webhook",
+        vector["body"].encode(),
+        content_length=None,
+        headers={"Authorization": vector["jwt"]},
+    )
+    assert (response.status, response.json()) == (411, error("Content-Length is required"))
+    assert events == []
+
+
+@pytest.mark.parametrize("length", ["+1", "1_0"], ids=["plus", "underscore"])
+def test_webhook_content_length_is_parsed_strictly(length):
+    vector = VECTOR["server-webhook"]
+    response = call(
+        webhook_app("server-webhook", []),
+        "POST",
+        "/webhook",
+        vector["body"].encode(),
+        content_length=length,
+        headers={"Authorization": vector["jwt"]},
+    )
+    assert (response.status, response.json()) == (400, error("Content-Length must be a decimal number"))
+
+
+@pytest.mark.parametrize("length", [str(MAX_WEBHOOK_BODY_BYTES + 1), "999999999999"], ids=["limit+1", "12-digits"])
+def test_webhook_over_1_mib_is_413_and_not_read(length):
+    vector = VECTOR["server-webhook"]
+    events: list = []
+    wsgi_input = UnreadableInput()
+    response = call(
+        webhook_app("server-webhook", events),
+        "POST",
+        "/webhook",
+        content_length=length,
+        wsgi_input=wsgi_input,
+        headers={"Authorization": vector["jwt"]},
+    )
+    assert (response.status, response.json()) == (413, error("Request body must be at most 1048576 bytes"))
+    assert not wsgi_input.touched
+    assert events == []
+
+
+# --------------------------------------------------------------------------
+# Routing
+
+
+def test_healthz():
+    response = call(app_for(), "GET", "/healthz")
+    assert (response.status, response.json()) == (200, {"status": "ok"})
+
+
+def test_healthz_head_has_no_body_and_the_get_length():
+    get = call(app_for(), "GET", "/healthz")
+    head = call(app_for(), "HEAD", "/healthz")
+    assert head.status == 200
+    assert head.body == b""
+    assert head.header("Content-Length") == get.header("Content-Length") == str(len(get.body))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/nope",
+        "/token/",
+        "/TOKEN",
+        "//token",
+        "/token/x",
+        "/healthz/",
+        "/webhook/",
+        "/livekit/webhook/",
+        "/livekit",
+        "/token.json",
+        "/%74oken",
+    ],
+)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_unknown_paths_are_404(method, path):
+    response = call(app_for(), method, path, b'{"roomName":"r","participantName":"p"}')
+    assert (response.status, response.json()) == (404, error("Not found"))
+    assert response.header("Allow") is None
+
+
+@pytest.mark.parametrize(
+    "method,path,allow",
+    [
+        ("GET", "/token", "POST, OPTIONS"),
+        ("HEAD", "/token", "POST, OPTIONS"),
+        ("PUT", "/token", "POST, OPTIONS"),
+        ("DELETE", "/token", "POST, OPTIONS"),
+        ("PATCH", "/token", "POST, OPTIONS"),
+        ("GET", "/webhook", "POST, OPTIONS"),
+        ("GET", "/livekit/webhook", "POST, OPTIONS"),
+        ("POST", "/healthz", "GET, HEAD, OPTIONS"),
+        ("DELETE", "/healthz", "GET, HEAD, OPTIONS"),
+    ],
+    ids=lambda value: value.replace(", ", "+") if isinstance(value, str) else None,
+)
+def test_wrong_method_is_405_with_allow(method, path, allow):
+    response = call(app_for(), method, path)
+    assert response.status == 405
+    assert response.header("Allow") == allow
+    expected_body = b"" if method == "HEAD" else b'{"errorMessage":"Method not allowed"}'
+    assert response.body == expected_body
+
+
+def test_unexpected_error_is_a_generic_500():
+    def broken_clock():
+        raise RuntimeError(f"clock broke; secret is {API_SECRET}")
+
+    response = post_json(app_for(clock=broken_clock), {"roomName": "r", "participantName": "p"})
+    assert (response.status, response.json()) == (500, error("Internal server error"))
+
+
+# --------------------------------------------------------------------------
+# Headers and CORS
+
+
+def _one_response_per_status(app) -> dict:
+    """A request for each status the app answers with, keyed by that status."""
+    vector = VECTOR["server-webhook"]
+    ok_token = b'{"roomName":"r","participantName":"p"}'
+    return {
+        200: lambda **h: call(app, "POST", "/token", ok_token, headers=h),
+        201: lambda **h: call(app, "POST", "/token", b'{"room_name":"r"}', headers=h),
+        400: lambda **h: call(app, "POST", "/token", b"[]", headers=h),
+        401: lambda **h: call(app, "POST", "/webhook", vector["body"].encode(), headers=h),
+        403: lambda **h: call(app, "POST", "/token", b'{"room_config":{}}', headers=h),
+        404: lambda **h: call(app, "GET", "/nope", headers=h),
+        405: lambda **h: call(app, "GET", "/token", headers=h),
+        411: lambda **h: call(app, "POST", "/token", ok_token, content_length=None, headers=h),
+        413: lambda **h: call(app, "POST", "/token", content_length="20000", wsgi_input=UnreadableInput(), headers=h),
+        415: lambda **h: call(app, "POST", "/token", ok_token, content_type="text/plain", headers=h),
+        "healthz-200": lambda **h: call(app, "GET", "/healthz", headers=h),
+        "head-200": lambda **h: call(app, "HEAD", "/healthz", headers=h),
+    }
+
+
+RESPONSE_KINDS = [200, 201, 400, 401, 403, 404, 405, 411, 413, 415, "healthz-200", "head-200"]
+
+
+@pytest.mark.parametrize("kind", RESPONSE_KINDS, ids=str)
+@pytest.mark.parametrize(
+    "origin", [None, "https://app.example.com", "null"], ids=["no-origin", "origin", "origin-null"]
+)
+def test_default_settings_send_the_same_headers_on_every_response(kind, origin):
+    headers = {} if origin is None else {"Origin": origin}
+    response = _one_response_per_status(app_for())[kind](**headers)
+    assert response.status == (200 if isinstance(kind, str) else kind)
+    expected = {
+        "Content-Type": "application/json",
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+        "Access-Control-Allow-Origin": "*",
+        "Content-Length": response.header("Content-Length"),
+    }
+    if kind == 405:
+        expected["Allow"] = "POST, OPTIONS"
+    assert dict(response.headers) == expected
+    assert response.header("Vary") is None
+
+
+@pytest.mark.parametrize(
+    "path,methods",
+    [
+        ("/token", "POST, OPTIONS"),
+        ("/webhook", "POST, OPTIONS"),
+        ("/livekit/webhook", "POST, OPTIONS"),
+        ("/healthz", "GET, HEAD, OPTIONS"),
+    ],
+)
+def test_preflight_is_204_without_content_headers(path, methods):
+    response = call(
+        app_for(),
+        "OPTIONS",
+        path,
+        content_type=None,
+        content_length=None,
+        headers={
+            "Origin": "https://app.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type, authorization",
+        },
+    )
+    assert response.status == 204
+    assert response.body == b""
+    assert response.header("Access-Control-Allow-Origin") == "*"
+    assert response.header("Access-Control-Allow-Methods") == methods
+    assert response.header("Access-Control-Allow-Headers") == "Authorization, Content-Type, *"
+    assert response.header("Access-Control-Max-Age") == "600"
+    assert response.header("Cache-Control") == "no-store"
+    assert response.header("X-Content-Type-Options") == "nosniff"
+    assert response.header("Content-Length") is None
+    assert response.header("Content-Type") is None
+    assert response.header("Vary") is None
+
+
+def test_preflight_for_an_unknown_path_is_404():
+    headers = {"Origin": "https://a.example", "Access-Control-Request-Method": "POST"}
+    response = call(app_for(), "OPTIONS", "/nope", headers=headers)
+    assert (response.status, response.json()) == (404, error("Not found"))
+    assert response.header("Access-Control-Allow-Methods") is None
+
+
+ALLOWED = "https://app.example.com"
+NOT_ALLOWED_ORIGINS = [
+    "https://app.example.com.evil.com",
+    "https://evil.com",
+    "null",
+    "https://APP.example.com",
+    "http://app.example.com",
+    "https://app.example.com:443",
+    "https://app.example.com/",
+    "https://app.example.co",
+    "https://pp.example.com",
+    "*",
+    "",
+    "https://app.example.com, https://evil.com",
+]
+
+
+def test_listed_origin_is_echoed_with_vary():
+    app = app_for(allowed_origins=frozenset({ALLOWED}))
+    for kind in RESPONSE_KINDS:
+        response = _one_response_per_status(app)[kind](Origin=ALLOWED)
+        assert response.header("Access-Control-Allow-Origin") == ALLOWED, kind
+        assert response.header("Vary") == "Origin", kind
+
+
+@pytest.mark.parametrize("origin", NOT_ALLOWED_ORIGINS)
+def test_unlisted_origin_gets_no_allow_origin_but_vary(origin):
+    app = app_for(allowed_origins=frozenset({ALLOWED}))
+    for kind in RESPONSE_KINDS:
+        response = _one_response_per_status(app)[kind](Origin=origin)
+        assert response.header("Access-Control-Allow-Origin") is None, kind
+        assert response.header("Vary") == "Origin", kind
+
+
+def test_no_origin_with_listed_origins_gets_vary_only():
+    app = app_for(allowed_origins=frozenset({ALLOWED}))
+    response = post_json(app, {"roomName": "r", "participantName": "p"})
+    assert response.status == 200
+    assert response.header("Access-Control-Allow-Origin") is None
+    assert response.header("Vary") == "Origin"
+
+
+@pytest.mark.parametrize("origin", [ALLOWED, "https://b.example:8443"] + NOT_ALLOWED_ORIGINS[:5])
+def test_preflight_with_listed_origins(origin):
+    app = app_for(allowed_origins=frozenset({ALLOWED, "https://b.example:8443"}))
+    response = call(
+        app,
+        "OPTIONS",
+        "/token",
+        content_type=None,
+        content_length=None,
+        headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
+    )
+    assert response.status == 204
+    assert response.body == b""
+    allowed = origin in (ALLOWED, "https://b.example:8443")
+    assert response.header("Access-Control-Allow-Origin") == (origin if allowed else None)
+    assert response.header("Vary") == "Origin"
+    assert response.header("Access-Control-Allow-Methods") == "POST, OPTIONS"
+    assert response.header("Content-Length") is None
+    assert response.header("Content-Type") is None
+
+
+def test_headers_are_not_changed_by_earlier_requests():
+    # Static header lists are built once; echoing an origin must not leak into them.
+    app = app_for(allowed_origins=frozenset({ALLOWED}))
+    call(app, "OPTIONS", "/token", content_type=None, content_length=None, headers={"Origin": ALLOWED})
+    post_json(app, {"roomName": "r", "participantName": "p"}, headers={"Origin": ALLOWED})
+    call(app, "GET", "/token", headers={"Origin": ALLOWED})
+    response = post_json(app, {"roomName": "r", "participantName": "p"}, headers={"Origin": "https://evil.com"})
+    assert response.header("Access-Control-Allow-Origin") is None
+    assert [name for name, _ in response.headers].count("Vary") == 1
+    assert response.header("Allow") is None

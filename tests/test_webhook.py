@@ -1,0 +1,316 @@
+"""Verifying webhook requests: golden vectors, the SDK both ways, bad-input tables, fuzzing."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import math
+import random
+import time
+from datetime import timedelta
+
+import pytest
+from google.protobuf.json_format import ParseDict
+from livekit import api
+from livekit.protocol.webhook import WebhookEvent
+
+import livekit_auth as la
+from helpers import freeze_sdk_clock, mutate_bytes, mutate_text
+from vectors import API_KEY, API_SECRET, VECTORS, WEBHOOK_VECTORS, body_sha256, sign
+
+# PyJWT warns that "secret" is short; it is the golden vectors' (LiveKit dev) secret.
+pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+
+NOW = 1735689600  # the golden vectors' clock, 2025-01-01T00:00:00Z
+RECEIVER = la.WebhookReceiver(la.TokenVerifier(API_KEY, API_SECRET))
+BODY = VECTORS["sdk-webhook"].body
+EVENT = json.loads(BODY)
+
+
+def webhook_token(body: bytes = BODY, *, sha256: str = None, now: float = NOW, secret: str = API_SECRET) -> str:
+    """An Authorization token for this body, as the SDK mints it (5 minutes)."""
+    return (
+        la.AccessToken(API_KEY, secret)
+        .with_sha256(body_sha256(body) if sha256 is None else sha256)
+        .with_ttl(timedelta(minutes=5))
+        .to_jwt(now=now)
+    )
+
+
+def sdk_receive(body: bytes, authorization: str, monkeypatch, now: float = NOW) -> WebhookEvent:
+    freeze_sdk_clock(monkeypatch, now)
+    receiver = api.WebhookReceiver(api.TokenVerifier(API_KEY, API_SECRET))
+    return receiver.receive(body.decode("utf-8"), authorization)  # the SDK takes the body as str
+
+
+def as_event(event: dict) -> WebhookEvent:
+    return ParseDict(event, WebhookEvent(), ignore_unknown_fields=True)
+
+
+# --- Golden vectors ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vector", WEBHOOK_VECTORS, ids=lambda v: v.name)
+def test_webhook_vector_returns_the_event(vector):
+    assert vector.payload["sha256"] == body_sha256(vector.body)
+    assert RECEIVER.receive(vector.body, vector.jwt, now=vector.now) == json.loads(vector.body)
+
+
+@pytest.mark.parametrize("vector", WEBHOOK_VECTORS, ids=lambda v: v.name)
+def test_webhook_vector_is_the_event_the_sdk_reads(vector, monkeypatch):
+    event = RECEIVER.receive(vector.body, vector.jwt, now=vector.now)
+    assert sdk_receive(vector.body, vector.jwt, monkeypatch, now=vector.now) == as_event(event)
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    ["{}", "Bearer {}", "bearer {}", "BEARER {}"],
+    ids=["bare", "bearer", "bearer-lowercase", "bearer-uppercase"],
+)
+@pytest.mark.parametrize("body_as_str", [False, True], ids=["body-bytes", "body-str"])
+def test_webhook_accepts_bare_or_bearer_token_and_bytes_or_str(authorization, body_as_str):
+    # LiveKit sends the bare token; the auth-scheme is case-insensitive (RFC 9110 §11.1).
+    vector = VECTORS["server-webhook"]
+    body = vector.body.decode("utf-8") if body_as_str else vector.body
+    assert RECEIVER.receive(body, authorization.format(vector.jwt), now=vector.now) == json.loads(vector.body)
+
+
+def test_sdk_rejects_the_bearer_prefix_we_accept(monkeypatch):
+    with pytest.raises(Exception):
+        sdk_receive(BODY, "Bearer " + webhook_token(), monkeypatch)
+    assert RECEIVER.receive(BODY, "Bearer " + webhook_token(), now=NOW) == EVENT
+
+
+@pytest.mark.parametrize("vector", WEBHOOK_VECTORS, ids=lambda v: v.name)
+def test_a_space_after_any_comma_breaks_the_hash(vector, monkeypatch):
+    # The body is hashed as received, never re-serialized: the vector's note.
+    commas = [i for i, byte in enumerate(vector.body) if byte == ord(",")]
+    assert commas
+    for i in commas:
+        tampered = vector.body[: i + 1] + b" " + vector.body[i + 1 :]
+        assert json.loads(tampered) == json.loads(vector.body)  # same JSON, other bytes
+        with pytest.raises(la.WebhookBodyMismatch):
+            RECEIVER.receive(tampered, vector.jwt, now=vector.now)
+    with pytest.raises(Exception, match="hash mismatch"):
+        sdk_receive(tampered, vector.jwt, monkeypatch, now=vector.now)
+
+
+# --- Conformance both ways, on the real clock ------------------------------------
+
+BODIES = [
+    pytest.param(VECTORS["sdk-webhook"].body, id="room-started"),
+    pytest.param(VECTORS["server-webhook"].body, id="participant-joined"),
+    pytest.param('{"event":"room_finished","room":{"name":"Zo\u00eb \U0001f600"}}'.encode(), id="non-ascii-utf8"),
+    pytest.param(b'{\n  "event": "track_published",\n  "track": {"sid": "TR_1", "type": "VIDEO"}\n}\n', id="pretty-printed"),
+    pytest.param(b'{"event":"egress_ended","egressInfo":{"egressId":"EG_1","status":"EGRESS_COMPLETE"}}', id="egress"),
+    pytest.param(b'{"event":"room_started","futureField":{"x":[1,2]}}', id="unknown-field"),
+]
+
+
+@pytest.fixture
+def now(monkeypatch):
+    value = math.floor(time.time()) + 0.25
+    freeze_sdk_clock(monkeypatch, value)
+    return value
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_sdk_webhook_passes_ours(body, now):
+    sdk_token = api.AccessToken(API_KEY, API_SECRET).with_sha256(body_sha256(body)).with_ttl(timedelta(minutes=5))
+    authorization = sdk_token.to_jwt()
+    assert RECEIVER.receive(body, authorization, now=now) == json.loads(body)
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_our_webhook_passes_the_sdk(body, now):
+    receiver = api.WebhookReceiver(api.TokenVerifier(API_KEY, API_SECRET))
+    event = receiver.receive(body.decode("utf-8"), webhook_token(body, now=now))
+    assert event == as_event(json.loads(body))
+
+
+# --- Inputs both reject ----------------------------------------------------------
+
+
+def signed(body: bytes, error: type, id: str):
+    """A row whose token signs this exact body, so the body's own check is what fails."""
+    return pytest.param(body, webhook_token(body), error, id=id)
+
+
+ACCESS_TOKEN = (
+    la.AccessToken(API_KEY, API_SECRET)
+    .with_identity("alice")
+    .with_grants(la.VideoGrants(room_join=True, room="room-1"))
+    .to_jwt(now=NOW)
+)
+_URLSAFE = body_sha256(BODY).replace("+", "-").replace("/", "_")
+assert _URLSAFE != body_sha256(BODY), "the url-safe row needs a hash with + or /"
+
+BOTH_REJECT = [
+    # A token from /token has no sha256: it must never pass as a webhook.
+    pytest.param(BODY, ACCESS_TOKEN, la.MalformedToken, id="access-token-without-sha256"),
+    pytest.param(BODY, webhook_token(sha256=""), la.MalformedToken, id="sha256-empty"),
+    pytest.param(BODY.replace(b"room-1", b"room-2"), webhook_token(), la.WebhookBodyMismatch, id="body-one-byte-changed"),
+    pytest.param(BODY[:-1], webhook_token(), la.WebhookBodyMismatch, id="body-truncated"),
+    pytest.param(BODY + b"\n", webhook_token(), la.WebhookBodyMismatch, id="body-trailing-newline"),
+    pytest.param(b"", webhook_token(), la.WebhookBodyMismatch, id="body-empty"),
+    pytest.param(BODY, webhook_token(b'{"event":"room_finished"}'), la.WebhookBodyMismatch, id="sha256-of-another-body"),
+    # The claim is standard base64 with padding, exactly as LiveKit writes it.
+    pytest.param(BODY, webhook_token(sha256=body_sha256(BODY).rstrip("=")), la.MalformedToken, id="sha256-unpadded"),
+    pytest.param(BODY, webhook_token(sha256=_URLSAFE), la.MalformedToken, id="sha256-url-safe"),
+    pytest.param(BODY, webhook_token(sha256=hashlib.sha256(BODY).hexdigest()), la.MalformedToken, id="sha256-hex"),
+    pytest.param(BODY, webhook_token(sha256=body_sha256(BODY)[:-4] + "===="), la.MalformedToken, id="sha256-truncated-then-padded"),
+    # The token itself.
+    pytest.param(BODY, webhook_token(now=NOW - 361), la.TokenExpired, id="token-expired"),
+    pytest.param(BODY, webhook_token(now=NOW + 61), la.TokenNotYetValid, id="token-not-yet-valid"),
+    pytest.param(BODY, webhook_token(secret="not-the-secret"), la.BadSignature, id="token-wrong-secret"),
+    pytest.param(BODY, webhook_token()[:-3], la.BadSignature, id="token-signature-truncated"),
+    pytest.param(BODY, "Basic " + webhook_token(), la.MalformedToken, id="authorization-basic-scheme"),
+    # The body, correctly signed, but not a webhook event.
+    signed(b'{"event":"a","event":"b"}', la.MalformedWebhook, "body-duplicate-key"),
+    signed(b'["event"]', la.MalformedWebhook, "body-array"),
+    signed(b'{"event":1}', la.MalformedWebhook, "event-int"),
+    signed(b'{"event":"\\ud800"}', la.MalformedWebhook, "event-lone-surrogate"),
+    signed(b'\xef\xbb\xbf{"event":"room_started"}', la.MalformedWebhook, "body-utf8-bom"),
+    signed(b'{"event":"room_started",}', la.MalformedWebhook, "body-trailing-comma"),
+    signed(b'{"event":"room_started","n":' + b"9" * 5000 + b"}", la.MalformedWebhook, "body-5000-digit-integer"),
+    # The top-level fields handlers read have the event's types.
+    signed(b'{"event":"room_started","room":5}', la.MalformedWebhook, "room-int"),
+    signed(b'{"event":"egress_started","egressInfo":true}', la.MalformedWebhook, "egress-info-bool"),
+    signed(b'{"event":"room_started","id":7}', la.MalformedWebhook, "id-int"),
+    # Nesting far past the recursion limit: MalformedWebhook, never RecursionError.
+    signed(b'{"event":"a","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}", la.MalformedWebhook, "body-100000-nested-arrays"),
+    signed(b'{"event":"a","x":' + b'{"a":' * 100_000 + b"1" + b"}" * 100_000 + b"}", la.MalformedWebhook, "body-100000-nested-objects"),
+    signed(b"[" * 100_000, la.MalformedWebhook, "body-100000-unclosed-arrays"),
+]
+
+
+@pytest.mark.parametrize("body, authorization, error", BOTH_REJECT)
+def test_both_reject(body, authorization, error, monkeypatch):
+    with pytest.raises(error):
+        RECEIVER.receive(body, authorization, now=NOW)
+    with pytest.raises(Exception):
+        sdk_receive(body, authorization, monkeypatch)
+
+
+# --- Inputs the SDK accepts and we reject: one row per place we are stricter ---
+
+_SHA = body_sha256(BODY)
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+STRICTER = [
+    # The SDK reads sha256 with base64.b64decode(), which ignores unused low
+    # bits, characters outside the alphabet and anything after the padding;
+    # we accept the one spelling LiveKit writes (43 characters and "=").
+    pytest.param(
+        BODY,
+        webhook_token(sha256=_SHA[:-2] + _ALPHABET[_ALPHABET.index(_SHA[-2]) + 1] + "="),
+        la.MalformedToken,
+        id="sha256-nonzero-trailing-bits",
+    ),
+    pytest.param(BODY, webhook_token(sha256=_SHA + "="), la.MalformedToken, id="sha256-extra-padding"),
+    pytest.param(BODY, webhook_token(sha256=_SHA + "AAAA"), la.MalformedToken, id="sha256-data-after-padding"),
+    pytest.param(BODY, webhook_token(sha256=_SHA[:20] + "\n" + _SHA[20:]), la.MalformedToken, id="sha256-newline-inside"),
+    pytest.param(BODY, webhook_token(sha256=" " + _SHA), la.MalformedToken, id="sha256-leading-space"),
+    pytest.param(BODY, webhook_token(sha256=_SHA[:20] + "!" + _SHA[20:]), la.MalformedToken, id="sha256-stray-character"),
+    # A webhook is an event: the SDK's protobuf parser fills defaults for
+    # anything missing, so {} is an event with no name there.
+    signed(b"{}", la.MalformedWebhook, "body-empty-object"),
+    # Even a bare JSON string parses there, as an empty event.
+    signed(b'"room_started"', la.MalformedWebhook, "body-string"),
+    signed(b'{"id":"EV_1","createdAt":"1735689600"}', la.MalformedWebhook, "body-without-event"),
+    signed(b'{"event":""}', la.MalformedWebhook, "event-empty"),
+    signed(b'{"event":null}', la.MalformedWebhook, "event-null"),
+    # The SDK's protobuf reader (as installed) lets these message fields through.
+    signed(b'{"event":"participant_joined","participant":"alice"}', la.MalformedWebhook, "participant-string"),
+    signed(b'{"event":"track_published","track":[]}', la.MalformedWebhook, "track-list"),
+    # Strict JSON: the SDK's json.loads reads NaN and Infinity, and 1e400 as infinity.
+    signed(b'{"event":"room_started","x":NaN}', la.MalformedWebhook, "body-nan"),
+    signed(b'{"event":"room_started","x":Infinity}', la.MalformedWebhook, "body-infinity"),
+    signed(b'{"event":"room_started","x":1e400}', la.MalformedWebhook, "body-float-overflowing-to-infinity"),
+]
+
+
+@pytest.mark.parametrize("body, authorization, error", STRICTER)
+def test_stricter_than_the_sdk(body, authorization, error, monkeypatch):
+    sdk_receive(body, authorization, monkeypatch)  # the SDK accepts it...
+    with pytest.raises(error):  # ...and we refuse it, with this class
+        RECEIVER.receive(body, authorization, now=NOW)
+
+
+# --- Inputs the SDK cannot be given (it takes two str), and our Authorization parsing ---
+
+OURS_ONLY = [
+    pytest.param(BODY, "", la.MalformedToken, id="authorization-empty"),
+    pytest.param(BODY, None, la.MalformedToken, id="authorization-missing"),
+    pytest.param(BODY, webhook_token().encode(), la.MalformedToken, id="authorization-bytes"),
+    pytest.param(BODY, "Bearer ", la.MalformedToken, id="authorization-bearer-only"),
+    pytest.param(BODY, "Bearer  " + webhook_token(), la.MalformedToken, id="authorization-bearer-two-spaces"),
+    pytest.param(BODY, "Bearer" + webhook_token(), la.MalformedToken, id="authorization-bearer-no-space"),
+    pytest.param(BODY, " " + webhook_token(), la.MalformedToken, id="authorization-leading-space"),
+    pytest.param(None, webhook_token(), la.MalformedWebhook, id="body-none"),
+    pytest.param(1, webhook_token(), la.MalformedWebhook, id="body-int"),
+    pytest.param(bytearray(BODY), webhook_token(), la.MalformedWebhook, id="body-bytearray"),
+    pytest.param(memoryview(BODY), webhook_token(), la.MalformedWebhook, id="body-memoryview"),
+    pytest.param('{"event":"\ud800"}', webhook_token(), la.MalformedWebhook, id="body-str-lone-surrogate"),
+    signed(b'{"event":"\xff"}', la.MalformedWebhook, "body-not-utf8"),
+    signed('{"event":"room_started"}'.encode("utf-16"), la.MalformedWebhook, "body-utf16"),
+]
+
+
+@pytest.mark.parametrize("body, authorization, error", OURS_ONLY)
+def test_rejects(body, authorization, error):
+    with pytest.raises(error):
+        RECEIVER.receive(body, authorization, now=NOW)
+
+
+# --- The contract: receive returns a dict or raises LiveKitAuthError --------------
+
+FUZZ_NOW = NOW + 7  # both golden webhook tokens are valid then
+SEEDS = [(v.body, v.jwt) for v in WEBHOOK_VECTORS]
+
+
+def _fuzz_request(rng: random.Random) -> tuple:
+    body, authorization = rng.choice(SEEDS)
+    kind = rng.randrange(6)
+    if kind == 0:  # body edited, token kept: the hash must catch it
+        return mutate_bytes(rng, body), authorization
+    if kind == 1:  # body edited and signed: the JSON checks must catch it
+        body = mutate_bytes(rng, body)
+        return body, webhook_token(body, now=FUZZ_NOW)
+    if kind == 2:  # Authorization edited
+        prefix = rng.choice(("", "Bearer ", "bearer "))
+        return body, mutate_text(rng, prefix + authorization, la.MAX_TOKEN_LENGTH)
+    if kind == 3:  # the sha256 claim edited, token re-signed
+        sha256 = mutate_text(rng, body_sha256(body), 64)
+        return body, webhook_token(body, sha256=sha256 if type(sha256) is str else "", now=FUZZ_NOW)
+    if kind == 4:  # the body as something other than bytes
+        text = body.decode("utf-8")
+        return rng.choice((None, text, text + "\ud800", bytearray(body), 0, [body])), authorization
+    # A Go-server-shaped token with a claim changed (the golden one has iat too).
+    payload = dict(VECTORS["server-webhook"].payload)
+    claim = rng.choice(("iss", "exp", "nbf", "iat", "sha256"))
+    payload[claim] = rng.choice((None, 0, NOW, NOW + 3600, "x", [], body_sha256(body)))
+    return body, sign(b'{"alg":"HS256","typ":"JWT"}', json.dumps(payload).encode())
+
+
+def test_random_mutations_return_an_event_or_raise_livekit_auth_error():
+    rng = random.Random(20250102)
+    outcomes = collections.Counter()
+    for case in range(3000):
+        body, authorization = _fuzz_request(rng)
+        try:
+            event = RECEIVER.receive(body, authorization, now=FUZZ_NOW)
+        except la.LiveKitAuthError as error:
+            outcomes[type(error).__name__] += 1
+        except Exception as error:  # the contract is broken: show the case to reproduce it
+            pytest.fail(f"case {case}: {type(error).__name__}: {error} for {body!r:.200} {authorization!r:.200}")
+        else:
+            assert type(event) is dict and type(event["event"]) is str and event["event"]
+            outcomes["ok"] += 1
+    # Every stage must be reached, or the contract was barely tested.
+    assert set(outcomes) == {
+        "ok", "MalformedToken", "BadSignature", "WrongIssuer", "TokenExpired", "TokenNotYetValid",
+        "WebhookBodyMismatch", "MalformedWebhook",
+    }, outcomes
+    assert min(outcomes.values()) >= 10, outcomes
