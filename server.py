@@ -10,12 +10,18 @@ runner below, which needs nothing but the standard library.
 from __future__ import annotations
 
 import argparse
+import collections
 import configparser
+import contextlib
 import dataclasses
 import datetime
 import email.utils
+import hashlib
+import hmac
+import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -50,7 +56,6 @@ DEV_MODE_WARNING = (
 MAX_TOKEN_BODY_BYTES = 16 * 1024
 # LiveKit events carry a room and a participant or track: a few KiB.
 MAX_WEBHOOK_BODY_BYTES = 1024 * 1024
-MAX_NAME_LENGTH = 256
 
 # The standard endpoint's fields that a deployment may let clients set.
 # room_name and participant_identity are always accepted.
@@ -72,22 +77,83 @@ class SettingsError(ValueError):
     """A setting is unusable; the message names it."""
 
 
-def _words(value: str) -> frozenset:
-    return frozenset(value.replace(",", " ").split())
+# Parsers for setting values: (text, name of the setting) -> value, or SettingsError.
+
+
+def _text(text: str, name: str) -> str:
+    return text
+
+
+def _words(text: str, name: str) -> frozenset:
+    return frozenset(text.replace(",", " ").split())
+
+
+def _number(text: str, name: str, pattern: str, kind: type):
+    # int() and float() also take "+1", "1_0", " 1 ", "inf" and non-ASCII digits.
+    if not re.fullmatch(pattern, text):
+        raise SettingsError(f"{name} must be a number of at most 9 ASCII digits")
+    return kind(text)
+
+
+def _integer(text: str, name: str) -> int:
+    return _number(text, name, r"[0-9]{1,9}", int)
+
+
+def _seconds(text: str, name: str) -> float:
+    return _number(text, name, r"[0-9]{1,9}(\.[0-9]{1,9})?", float)
+
+
+def _flag(text: str, name: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise SettingsError(f"{name} must be true or false")
+    return text.lower() == "true"
+
+
+def _key_pairs(text: str, name: str) -> dict:
+    pairs = {}
+    for word in _words(text, name):
+        key, colon, secret = word.partition(":")
+        if not colon or not key or not secret or key in pairs:
+            raise SettingsError(f"{name} takes distinct key:secret pairs")
+        pairs[key] = secret
+    return pairs
+
+
+def _networks(text: str, name: str) -> tuple:
+    try:
+        return tuple(ipaddress.ip_network(word, strict=False) for word in sorted(_words(text, name)))
+    except ValueError:
+        raise SettingsError(f"{name} takes IP addresses or networks such as 10.0.0.0/8") from None
 
 
 # Every setting: (section, key, environment variable, Settings field, parser).
 _SETTINGS_SOURCES = (
-    ("server", "host", "SERVER_HOST", "host", str),
-    ("server", "port", "SERVER_PORT", "port", int),
-    ("server", "max_connections", "SERVER_MAX_CONNECTIONS", "max_connections", int),
-    ("server", "idle_timeout", "SERVER_IDLE_TIMEOUT", "idle_timeout", float),
-    ("server", "request_timeout", "SERVER_REQUEST_TIMEOUT", "request_timeout", float),
-    ("livekit", "url", "LIVEKIT_URL", "livekit_url", str),
-    ("livekit", "api_key", "LIVEKIT_API_KEY", "api_key", str),
-    ("livekit", "api_secret", "LIVEKIT_API_SECRET", "api_secret", str),
-    ("tokens", "ttl", "TOKEN_TTL", "token_ttl", int),
+    ("server", "host", "SERVER_HOST", "host", _text),
+    ("server", "port", "SERVER_PORT", "port", _integer),
+    ("server", "max_connections", "SERVER_MAX_CONNECTIONS", "max_connections", _integer),
+    ("server", "idle_timeout", "SERVER_IDLE_TIMEOUT", "idle_timeout", _seconds),
+    ("server", "request_timeout", "SERVER_REQUEST_TIMEOUT", "request_timeout", _seconds),
+    ("server", "trusted_proxies", "SERVER_TRUSTED_PROXIES", "trusted_proxies", _networks),
+    ("livekit", "url", "LIVEKIT_URL", "livekit_url", _text),
+    ("livekit", "api_key", "LIVEKIT_API_KEY", "api_key", _text),
+    ("livekit", "api_secret", "LIVEKIT_API_SECRET", "api_secret", _text),
+    ("tokens", "auth_secrets", "TOKEN_AUTH_SECRETS", "auth_secrets", _words),
+    ("tokens", "ttl", "TOKEN_TTL", "token_ttl", _integer),
+    ("tokens", "rooms", "TOKEN_ROOMS", "rooms", _words),
+    ("tokens", "max_name_length", "TOKEN_MAX_NAME_LENGTH", "max_name_length", _integer),
+    ("tokens", "safe_names", "TOKEN_SAFE_NAMES", "safe_names", _flag),
     ("tokens", "client_fields", "TOKEN_CLIENT_FIELDS", "client_fields", _words),
+    ("tokens", "can_publish", "TOKEN_CAN_PUBLISH", "can_publish", _flag),
+    ("tokens", "can_publish_sources", "TOKEN_CAN_PUBLISH_SOURCES", "can_publish_sources", _words),
+    ("tokens", "can_subscribe", "TOKEN_CAN_SUBSCRIBE", "can_subscribe", _flag),
+    ("tokens", "can_publish_data", "TOKEN_CAN_PUBLISH_DATA", "can_publish_data", _flag),
+    ("tokens", "can_update_own_metadata", "TOKEN_CAN_UPDATE_OWN_METADATA", "can_update_own_metadata", _flag),
+    ("tokens", "hidden", "TOKEN_HIDDEN", "hidden", _flag),
+    ("tokens", "rate_per_minute", "TOKEN_RATE_PER_MINUTE", "rate_per_minute", _integer),
+    ("tokens", "rate_burst", "TOKEN_RATE_BURST", "rate_burst", _integer),
+    ("webhook", "api_keys", "WEBHOOK_API_KEYS", "webhook_keys", _key_pairs),
+    ("webhook", "dedupe_seconds", "WEBHOOK_DEDUPE_SECONDS", "dedupe_seconds", _integer),
+    ("webhook", "event_file", "WEBHOOK_EVENT_FILE", "event_file", _text),
     ("cors", "allowed_origins", "CORS_ALLOWED_ORIGINS", "allowed_origins", _words),
 )
 _SETTING_NAMES = {field: f"{section}.{key} ({env})" for section, key, env, field, _ in _SETTINGS_SOURCES}
@@ -99,12 +165,19 @@ _RANGES = {
     "idle_timeout": (0.001, 3600),
     "request_timeout": (0.001, 3600),
     "token_ttl": (1, 30 * 24 * 3600),
+    "max_name_length": (1, 1024),
+    "rate_per_minute": (0, 1_000_000),
+    "rate_burst": (1, 1_000_000),
+    "dedupe_seconds": (0, 7 * 24 * 3600),
 }
+
+# LiveKit's TrackSource names, as token grants spell them.
+TRACK_SOURCES = ("camera", "microphone", "screen_share", "screen_share_audio")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
-    """Everything the app and the runner need, checked when built."""
+    """Everything the app and the runner need, checked when built. Defaults are the safe ones."""
 
     api_key: str = dataclasses.field(repr=False)
     api_secret: str = dataclasses.field(repr=False)
@@ -112,12 +185,35 @@ class Settings:
     dev_mode: bool = False
     host: str = "0.0.0.0"
     port: int = 6080
-    token_ttl: int = 900
-    client_fields: frozenset = frozenset(("participant_name",))
-    allowed_origins: frozenset = frozenset(("*",))
     max_connections: int = 64
     idle_timeout: float = 5.0
     request_timeout: float = 10.0
+    # Proxies whose X-Forwarded-For names the client (for rate limits and logs).
+    trusted_proxies: tuple = ()
+    # Bearer secrets a /token request must present; none: /token is open.
+    auth_secrets: frozenset = dataclasses.field(default=frozenset(), repr=False)
+    token_ttl: int = 900
+    # Room names, or prefixes ending in "*"; "*" alone: any room.
+    rooms: frozenset = frozenset(("*",))
+    max_name_length: int = 256
+    # Room names and identities of ASCII letters, digits and " -_.:@" only.
+    safe_names: bool = False
+    client_fields: frozenset = frozenset(("participant_name",))
+    can_publish: bool = True
+    can_publish_sources: frozenset = frozenset()  # empty: any source
+    can_subscribe: bool = True
+    can_publish_data: bool = True
+    can_update_own_metadata: bool = False
+    hidden: bool = False
+    # Token requests per client address; 0 turns the limit off.
+    rate_per_minute: int = 300
+    rate_burst: int = 60
+    # Keys that may sign webhooks; none: the API key and secret above.
+    webhook_keys: dict = dataclasses.field(default_factory=dict, repr=False)
+    dedupe_seconds: int = 600
+    # Append-only JSON-lines file each accepted event is written to before the 200.
+    event_file: str = ""
+    allowed_origins: frozenset = frozenset(("*",))
 
     def __post_init__(self) -> None:
         def fail(field: str, problem: str) -> None:
@@ -133,17 +229,16 @@ class Settings:
             fail("livekit_url", "must be a ws://, wss://, http:// or https:// URL")
         if not self.client_fields <= set(OPTIONAL_CLIENT_FIELDS):
             fail("client_fields", "takes only: " + ", ".join(OPTIONAL_CLIENT_FIELDS))
+        if not self.can_publish_sources <= set(TRACK_SOURCES):
+            fail("can_publish_sources", "takes only: " + ", ".join(TRACK_SOURCES))
+        if not self.rooms or any("*" in room[:-1] for room in self.rooms):
+            fail("rooms", 'takes room names, or prefixes ending in "*"')
         if self.allowed_origins != {"*"} and not all(
             re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", origin) for origin in self.allowed_origins
         ) or not self.allowed_origins:
             fail("allowed_origins", "takes * alone, or origins like https://app.example.com")
-
-
-def _parse_number(text: str, parser: Callable, name: str):
-    # int() and float() also take "+1", "1_0", " 1 ", "inf" and non-ASCII digits.
-    if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,9})?" if parser is float else r"[0-9]{1,9}", text):
-        raise SettingsError(f"{name} must be a number of at most 9 ASCII digits")
-    return parser(text)
+        if self.event_file and not os.path.isabs(self.event_file):
+            fail("event_file", "must be an absolute path")
 
 
 def load_settings(environ: Mapping[str, str], config_path: Optional[str] = None) -> Settings:
@@ -181,8 +276,7 @@ def load_settings(environ: Mapping[str, str], config_path: Optional[str] = None)
     for _, _, _, field, parse in _SETTINGS_SOURCES:
         if field in values:
             name, text = values[field]
-            text = text.strip()
-            parsed[field] = _parse_number(text, parse, name) if parse in (int, float) else parse(text)
+            parsed[field] = parse(text.strip(), name)
 
     has_key, has_secret = "api_key" in parsed, "api_secret" in parsed
     if not has_key and not has_secret:
@@ -210,6 +304,7 @@ _STATUS_TEXT = {
     411: "411 Length Required",
     413: "413 Content Too Large",
     415: "415 Unsupported Media Type",
+    429: "429 Too Many Requests",
     431: "431 Request Header Fields Too Large",
     500: "500 Internal Server Error",
     503: "503 Service Unavailable",
@@ -266,6 +361,93 @@ def _log_text(value: object) -> str:
     return json.dumps(value if type(value) is str else "")
 
 
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9 _.:@-]+")
+
+
+class RateLimiter:
+    """A token bucket per client, in bounded memory.
+
+    Each client may make `burst` requests at once, refilled at `per_minute`.
+    The least recently seen clients are forgotten first when `max_clients`
+    are tracked; a forgotten client starts again with a full bucket.
+    """
+
+    def __init__(self, per_minute: int, burst: int, max_clients: int = 10_000) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = burst
+        self.max_clients = max_clients
+        self.buckets: collections.OrderedDict = collections.OrderedDict()  # client -> (tokens, time)
+        self.lock = threading.Lock()
+
+    def wait_time(self, client: str, now: float) -> float:
+        """0 if `client` may go ahead now (and count it), else the seconds until it may."""
+        with self.lock:
+            tokens, then = self.buckets.pop(client, (self.burst, now))
+            tokens = min(self.burst, tokens + max(now - then, 0) * self.rate)
+            wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+            self.buckets[client] = (tokens - 1 if wait == 0 else tokens, now)
+            if len(self.buckets) > self.max_clients:
+                self.buckets.popitem(last=False)
+            return wait
+
+
+class RecentEvents:
+    """Webhook event ids accepted within the last `window` seconds, at most `max_ids`."""
+
+    def __init__(self, window: float, max_ids: int = 100_000) -> None:
+        self.window = window
+        self.max_ids = max_ids
+        self.accepted: collections.OrderedDict = collections.OrderedDict()  # id -> time
+        self.lock = threading.Lock()
+
+    def __contains__(self, event_id: str) -> bool:
+        with self.lock:
+            return event_id in self.accepted
+
+    def add(self, event_id: str, now: float) -> None:
+        with self.lock:
+            self.accepted[event_id] = now
+            self.accepted.move_to_end(event_id)
+            while self.accepted and (
+                len(self.accepted) > self.max_ids or next(iter(self.accepted.values())) <= now - self.window
+            ):
+                self.accepted.popitem(last=False)
+
+
+class KeyedLocks:
+    """One lock per key (a room), kept only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.locks: dict = {}  # key -> [lock, holders and waiters]
+
+    @contextlib.contextmanager
+    def hold(self, key: str):
+        with self.lock:
+            entry = self.locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self.lock:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self.locks[key]
+
+
+def _event_room(event: dict) -> str:
+    """The room an event belongs to, for per-room ordering ("" when none)."""
+    for field in ("room", "egressInfo", "ingressInfo"):
+        value = event.get(field)
+        if type(value) is dict:
+            name = value.get("name") if field == "room" else value.get("roomName")
+            if type(name) is str:
+                return name
+    return ""
+
+
 class Application:
     """The WSGI application. Build it with make_app()."""
 
@@ -278,8 +460,26 @@ class Application:
         self.settings = settings
         self.on_event = on_event
         self.clock = clock
-        self.receiver = WebhookReceiver(TokenVerifier(settings.api_key, settings.api_secret, clock=clock))
+        keys = settings.webhook_keys or {settings.api_key: settings.api_secret}
+        self.receiver = WebhookReceiver(TokenVerifier(keys=keys, clock=clock))
         self.ttl = datetime.timedelta(seconds=settings.token_ttl)
+        # Compared as digests, so compare_digest sees equal lengths and leaks none.
+        self.auth_digests = [hashlib.sha256(secret.encode("utf-8")).digest() for secret in settings.auth_secrets]
+        self.limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst) if settings.rate_per_minute else None
+        self.recent_events = RecentEvents(settings.dedupe_seconds)
+        self.room_locks = KeyedLocks()
+        self.event_file_lock = threading.Lock()
+        # The grants every token carries; room and identity are added per request.
+        self.grants = dict(
+            room_join=True,
+            can_publish=settings.can_publish,
+            can_subscribe=settings.can_subscribe,
+            can_publish_data=settings.can_publish_data,
+            can_publish_sources=tuple(sorted(settings.can_publish_sources)) or None,
+            # Left out unless granted, so default tokens match the tutorials' byte for byte.
+            can_update_own_metadata=settings.can_update_own_metadata or None,
+            hidden=settings.hidden or None,
+        )
         # Built once, never changed per request.
         self.any_origin = "*" in settings.allowed_origins
         self.common_headers = [
@@ -290,6 +490,7 @@ class Application:
         if self.any_origin:
             # No credentials are ever allowed, so "*" is safe and needs no Vary.
             self.common_headers.append(("Access-Control-Allow-Origin", "*"))
+        self.common_headers.append(("Access-Control-Expose-Headers", "Retry-After, WWW-Authenticate"))
         self.preflight_headers = {
             path: [
                 ("Allow", ", ".join(methods + ("OPTIONS",))),
@@ -350,6 +551,26 @@ class Application:
             log.error("unexpected error on %s: %s", path if path in _ROUTES else "-", type(err).__name__)
             return self.error_response(environ, start_response, 500, "Internal server error")
 
+    def client_address(self, environ: dict) -> str:
+        """The client's address: the peer, or what trusted proxies say in X-Forwarded-For.
+
+        Walks X-Forwarded-For from the right (the entries our proxies added) and
+        stops at the first address that is not a trusted proxy: anything left
+        of it was written by the client and proves nothing.
+        """
+        address = environ.get("REMOTE_ADDR", "")
+        forwarded = environ.get("HTTP_X_FORWARDED_FOR", "").split(",")
+        while self._trusted(address) and forwarded:
+            address = forwarded.pop().strip()
+        return address
+
+    def _trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.settings.trusted_proxies)
+
     # ---- POST /token
 
     def token(self, environ: dict) -> tuple:
@@ -359,6 +580,12 @@ class Application:
         is LiveKit's standard endpoint: 201 {server_url, participant_token}. Any other object,
         the empty one included, is the OpenVidu tutorials' shape: 200 {token}.
         """
+        if self.limiter is not None:
+            wait = self.limiter.wait_time(_rate_key(self.client_address(environ)), self.clock())
+            if wait:
+                raise HTTPError(429, "Too many token requests; try again later", (("Retry-After", str(math.ceil(wait))),))
+        if self.auth_digests and not self.authorized(environ):
+            raise HTTPError(401, "A valid bearer token is required", (("WWW-Authenticate", 'Bearer realm="token"'),))
         _require_json(environ)
         try:
             request = loads_object(_read_body(environ, MAX_TOKEN_BODY_BYTES))
@@ -371,14 +598,36 @@ class Application:
             return 201, self.standard_token(request)
         return 200, self.openvidu_token(request)
 
+    def authorized(self, environ: dict) -> bool:
+        scheme, _, credentials = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        digest = hashlib.sha256(credentials.strip().encode("utf-8", "replace")).digest()
+        # Every secret is compared, so the time taken does not tell which one matched.
+        matches = [hmac.compare_digest(digest, accepted) for accepted in self.auth_digests]
+        return scheme.lower() == "bearer" and any(matches)
+
+    def new_token(self, room: str, room_field: str, identity: str, identity_field: str) -> AccessToken:
+        """A token for `identity` to join `room`, after the room and name policy."""
+        self.check_name(room, room_field)
+        self.check_name(identity, identity_field)
+        if not any(room == allowed or allowed.endswith("*") and room.startswith(allowed[:-1]) for allowed in self.settings.rooms):
+            raise HTTPError(403, "This room is not open to tokens from this server")
+        token = AccessToken(self.settings.api_key, self.settings.api_secret).with_identity(identity)
+        return token.with_grants(VideoGrants(room=room, **self.grants)).with_ttl(self.ttl)
+
+    def check_name(self, value: str, field: str) -> None:
+        limit = self.settings.max_name_length
+        if len(value) > limit:
+            raise HTTPError(400, f"{field} must be at most {limit} characters")
+        if _CONTROL_CHARACTER.search(value):
+            raise HTTPError(400, f"{field} must not contain control characters")
+        if self.settings.safe_names and not _SAFE_NAME.fullmatch(value):
+            raise HTTPError(400, f"{field} may hold only ASCII letters, digits, spaces and -_.:@")
+
     def openvidu_token(self, request: dict) -> dict:
         room, identity = request.get("roomName"), request.get("participantName")
         if type(room) is not str or type(identity) is not str or not room or not identity:
             raise HTTPError(400, "roomName and participantName are required")
-        _check_name(room, "roomName")
-        _check_name(identity, "participantName")
-        token = AccessToken(self.settings.api_key, self.settings.api_secret).with_identity(identity)
-        token.with_grants(VideoGrants(room_join=True, room=room)).with_ttl(self.ttl)
+        token = self.new_token(room, "roomName", identity, "participantName")
         return {"token": token.to_jwt(now=self.clock())}
 
     def standard_token(self, request: dict) -> dict:
@@ -391,13 +640,10 @@ class Application:
         # Optional fields left out are filled in, as LiveKit's own token server does.
         room = _optional_str(request, "room_name") or "room-" + secrets.token_hex(4)
         identity = _optional_str(request, "participant_identity") or "user-" + secrets.token_hex(4)
-        _check_name(room, "room_name")
-        _check_name(identity, "participant_identity")
-        token = AccessToken(self.settings.api_key, self.settings.api_secret).with_identity(identity)
-        token.with_grants(VideoGrants(room_join=True, room=room)).with_ttl(self.ttl)
+        token = self.new_token(room, "room_name", identity, "participant_identity")
         name = _optional_str(request, "participant_name")
         if name:
-            _check_name(name, "participant_name")
+            self.check_name(name, "participant_name")
             token.with_name(name)
         metadata = _optional_str(request, "participant_metadata")
         if metadata:
@@ -419,7 +665,12 @@ class Application:
     # ---- POST /webhook
 
     def webhook(self, environ: dict) -> tuple:
-        """Verify a LiveKit webhook; 200 once the handler took it, 5xx only if it failed."""
+        """Verify a LiveKit webhook and take it: 200 once stored and handled, 5xx if either failed.
+
+        LiveKit retries on 5xx only, and a retry after a lost 200 repeats an
+        event: events already accepted (by id) are answered 200 and not taken
+        again. A room's events are taken one at a time, in the order they come.
+        """
         authorization = environ.get("HTTP_AUTHORIZATION", "")
         if not authorization:
             raise HTTPError(401, "Authorization header is required")
@@ -430,23 +681,58 @@ class Application:
             raise HTTPError(400, str(err)) from None
         except LiveKitAuthError as err:
             raise HTTPError(401, str(err)) from None
-        room = event.get("room") if type(event.get("room")) is dict else {}
-        participant = event.get("participant") if type(event.get("participant")) is dict else {}
-        log.info(
-            "webhook event=%s id=%s room=%s participant=%s",
-            _log_text(event["event"]),
-            _log_text(event.get("id")),
-            _log_text(room.get("name")),
-            _log_text(participant.get("identity")),
-        )
-        if self.on_event is not None:
-            try:
-                self.on_event(event)
-            except Exception as err:
-                # LiveKit retries on 5xx; the event is not lost.
-                log.error("webhook handler failed: %s", type(err).__name__)
-                raise HTTPError(500, "Webhook handler failed") from None
+        event_id = event.get("id", "")
+        with self.room_locks.hold(_event_room(event)):
+            if event_id and event_id in self.recent_events:
+                log.info("webhook duplicate id=%s", _log_text(event_id))
+                return 200, {"status": "ok"}
+            room = event.get("room", {})
+            participant = event.get("participant", {})
+            log.info(
+                "webhook event=%s id=%s room=%s participant=%s",
+                _log_text(event["event"]),
+                _log_text(event_id),
+                _log_text(room.get("name")),
+                _log_text(participant.get("identity")),
+            )
+            if self.settings.event_file:
+                self.store_event(event)
+            if self.on_event is not None:
+                try:
+                    self.on_event(event)
+                except Exception as err:
+                    log.error("webhook handler failed: %s", type(err).__name__)
+                    raise HTTPError(500, "Webhook handler failed") from None
+            if event_id:
+                self.recent_events.add(event_id, self.clock())
         return 200, {"status": "ok"}
+
+    def store_event(self, event: dict) -> None:
+        """Append the event as one JSON line, on disk (fsync) before the 200 is sent."""
+        line = json.dumps(event, separators=(",", ":")).encode("ascii") + b"\n"
+        try:
+            with self.event_file_lock:
+                # Opened per event, so a rotated file is followed.
+                with open(self.settings.event_file, "ab") as file:
+                    file.write(line)
+                    file.flush()
+                    os.fsync(file.fileno())
+        except OSError as err:
+            log.error("cannot write the event file: %s", err.strerror)
+            raise HTTPError(503, "Could not store the event") from None
+
+
+def _rate_key(address: str) -> str:
+    # One IPv6 host usually holds a whole /64: count it as one client.
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if ip.version == 6:
+        if ip.ipv4_mapped:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def _optional_str(request: dict, field: str) -> str:
@@ -454,16 +740,6 @@ def _optional_str(request: dict, field: str) -> str:
     if type(value) is not str:
         raise HTTPError(400, f"{field} must be a string")
     return value
-
-
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _check_name(value: str, field: str) -> None:
-    if len(value) > MAX_NAME_LENGTH:
-        raise HTTPError(400, f"{field} must be at most {MAX_NAME_LENGTH} characters")
-    if _CONTROL_CHARACTER.search(value):
-        raise HTTPError(400, f"{field} must not contain control characters")
 
 
 def make_app(
@@ -474,9 +750,9 @@ def make_app(
 ) -> Application:
     """The WSGI application for `settings`.
 
-    `on_event(event)` is called with each verified webhook event before the 200
-    is sent; if it raises, LiveKit gets a 500 and retries. `clock` returns Unix
-    seconds, for tokens and webhook verification.
+    `on_event(event)` is called with each verified, new webhook event before the
+    200 is sent; if it raises, LiveKit gets a 500 and retries. `clock` returns
+    Unix seconds, for tokens, webhook verification and rate limits.
     """
     return Application(settings, on_event, clock)
 
@@ -895,17 +1171,32 @@ def _configure_logging() -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
 
+def check_startup(settings: Settings) -> None:
+    """Log what is risky about `settings`; raise SettingsError for what cannot work."""
+    if settings.dev_mode:
+        log.warning(DEV_MODE_WARNING, DEV_API_KEY)
+    short = [name for name, secrets_ in (
+        ("LIVEKIT_API_SECRET", [settings.api_secret]),
+        ("WEBHOOK_API_KEYS", settings.webhook_keys.values()),
+        ("TOKEN_AUTH_SECRETS", settings.auth_secrets),
+    ) if any(len(secret) < 32 for secret in secrets_)]
+    if short and not settings.dev_mode:
+        log.warning("secrets shorter than 32 characters in %s: use long random ones", ", ".join(short))
+    if settings.event_file:
+        try:
+            open(settings.event_file, "ab").close()
+        except OSError as err:
+            raise SettingsError(f"{_SETTING_NAMES['event_file']} cannot be opened: {err.strerror}") from None
+
+
 def main() -> int:
     _configure_logging()
     try:
         settings = _settings_from_process()
+        check_startup(settings)
     except SettingsError as err:
         log.error("configuration error: %s", err)
         return 2
-    if settings.dev_mode:
-        log.warning(DEV_MODE_WARNING, DEV_API_KEY)
-    elif len(settings.api_secret) < 32:
-        log.warning("LIVEKIT_API_SECRET is shorter than 32 characters: use a long random secret")
     try:
         server = Server(make_app(settings), settings)
     except OSError as err:
@@ -939,8 +1230,7 @@ def __getattr__(name: str) -> Application:
         raise AttributeError(name)
     _configure_logging()
     settings = load_settings(os.environ)
-    if settings.dev_mode:
-        log.warning(DEV_MODE_WARNING, DEV_API_KEY)
+    check_startup(settings)
     return make_app(settings)
 
 

@@ -41,7 +41,8 @@ WEBHOOK_VECTORS = ["server-webhook", "sdk-webhook"]
 
 
 def settings(**overrides) -> Settings:
-    values = dict(api_key=API_KEY, api_secret=API_SECRET)
+    # The rate limit is off unless a test is about it: tests send many requests from one address.
+    values = dict(api_key=API_KEY, api_secret=API_SECRET, rate_per_minute=0)
     values.update(overrides)
     return Settings(**values)
 
@@ -1022,6 +1023,8 @@ def test_default_settings_send_the_same_headers_on_every_response(kind, origin):
         "Cache-Control": "no-store",
         "X-Content-Type-Options": "nosniff",
         "Access-Control-Allow-Origin": "*",
+        # So that a page can read a 429's Retry-After and a 401's WWW-Authenticate.
+        "Access-Control-Expose-Headers": "Retry-After, WWW-Authenticate",
         "Content-Length": response.header("Content-Length"),
     }
     if kind == 405:

@@ -1058,7 +1058,7 @@ def test_main_warns_about_a_short_secret():
         assert code == 0
     finally:
         process.kill()
-    assert "LIVEKIT_API_SECRET is shorter than 32 characters" in process.stderr
+    assert "secrets shorter than 32 characters in LIVEKIT_API_SECRET" in process.stderr
     assert "tiny-s3cret" not in process.stderr
 
 
