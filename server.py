@@ -109,14 +109,14 @@ def _flag(text: str, name: str) -> bool:
     return text.lower() == "true"
 
 
-def _key_pairs(text: str, name: str) -> dict:
+def _key_pairs(text: str, name: str) -> tuple:
     pairs = {}
     for word in _words(text, name):
         key, colon, secret = word.partition(":")
         if not colon or not key or not secret or key in pairs:
             raise SettingsError(f"{name} takes distinct key:secret pairs")
         pairs[key] = secret
-    return pairs
+    return tuple(sorted(pairs.items()))
 
 
 def _networks(text: str, name: str) -> tuple:
@@ -209,7 +209,7 @@ class Settings:
     rate_per_minute: int = 300
     rate_burst: int = 60
     # Keys that may sign webhooks; none: the API key and secret above.
-    webhook_keys: dict = dataclasses.field(default_factory=dict, repr=False)
+    webhook_keys: tuple = dataclasses.field(default=(), repr=False)  # (key, secret) pairs
     dedupe_seconds: int = 600
     # Append-only JSON-lines file each accepted event is written to before the 200.
     event_file: str = ""
@@ -239,6 +239,10 @@ class Settings:
             fail("allowed_origins", "takes * alone, or origins like https://app.example.com")
         if self.event_file and not os.path.isabs(self.event_file):
             fail("event_file", "must be an absolute path")
+        if "" in self.auth_secrets:
+            fail("auth_secrets", "must not hold an empty secret")
+        if not all(key and secret for key, secret in self.webhook_keys):
+            fail("webhook_keys", "takes distinct key:secret pairs")
 
 
 def load_settings(environ: Mapping[str, str], config_path: Optional[str] = None) -> Settings:
@@ -362,7 +366,9 @@ def _log_text(value: object) -> str:
 
 
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_SAFE_NAME = re.compile(r"[A-Za-z0-9 _.:@-]+")
+# No "/" or "\\", no "." or ".." (LiveKit puts room names into recording paths), no look-alikes.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_:@-]([A-Za-z0-9 _.:@-]*[A-Za-z0-9_:@-])?")
+_SAFE_NAME_ENDS = "(but no space or dot first or last)"
 
 
 class RateLimiter:
@@ -401,9 +407,10 @@ class RecentEvents:
         self.accepted: collections.OrderedDict = collections.OrderedDict()  # id -> time
         self.lock = threading.Lock()
 
-    def __contains__(self, event_id: str) -> bool:
+    def seen(self, event_id: str, now: float) -> bool:
         with self.lock:
-            return event_id in self.accepted
+            accepted_at = self.accepted.get(event_id)
+            return accepted_at is not None and accepted_at > now - self.window
 
     def add(self, event_id: str, now: float) -> None:
         with self.lock:
@@ -460,7 +467,7 @@ class Application:
         self.settings = settings
         self.on_event = on_event
         self.clock = clock
-        keys = settings.webhook_keys or {settings.api_key: settings.api_secret}
+        keys = dict(settings.webhook_keys) or {settings.api_key: settings.api_secret}
         self.receiver = WebhookReceiver(TokenVerifier(keys=keys, clock=clock))
         self.ttl = datetime.timedelta(seconds=settings.token_ttl)
         # Compared as digests, so compare_digest sees equal lengths and leaks none.
@@ -559,17 +566,14 @@ class Application:
         of it was written by the client and proves nothing.
         """
         address = environ.get("REMOTE_ADDR", "")
-        forwarded = environ.get("HTTP_X_FORWARDED_FOR", "").split(",")
-        while self._trusted(address) and forwarded:
-            address = forwarded.pop().strip()
+        hops = [hop.strip() for hop in environ.get("HTTP_X_FORWARDED_FOR", "").split(",") if hop.strip()]
+        while hops and self._trusted(address):
+            address = hops.pop()
         return address
 
     def _trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self.settings.trusted_proxies)
+        ip = _ip_address(address)
+        return ip is not None and any(ip in network for network in self.settings.trusted_proxies)
 
     # ---- POST /token
 
@@ -583,7 +587,8 @@ class Application:
         if self.limiter is not None:
             wait = self.limiter.wait_time(_rate_key(self.client_address(environ)), self.clock())
             if wait:
-                raise HTTPError(429, "Too many token requests; try again later", (("Retry-After", str(math.ceil(wait))),))
+                retry_after = (("Retry-After", str(math.ceil(wait))),)
+                raise HTTPError(429, "Too many token requests; try again later", retry_after)
         if self.auth_digests and not self.authorized(environ):
             raise HTTPError(401, "A valid bearer token is required", (("WWW-Authenticate", 'Bearer realm="token"'),))
         _require_json(environ)
@@ -600,7 +605,8 @@ class Application:
 
     def authorized(self, environ: dict) -> bool:
         scheme, _, credentials = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
-        digest = hashlib.sha256(credentials.strip().encode("utf-8", "replace")).digest()
+        # WSGI hands header bytes over as latin-1 text: this gives back the bytes sent.
+        digest = hashlib.sha256(credentials.strip().encode("latin-1", "replace")).digest()
         # Every secret is compared, so the time taken does not tell which one matched.
         matches = [hmac.compare_digest(digest, accepted) for accepted in self.auth_digests]
         return scheme.lower() == "bearer" and any(matches)
@@ -609,19 +615,21 @@ class Application:
         """A token for `identity` to join `room`, after the room and name policy."""
         self.check_name(room, room_field)
         self.check_name(identity, identity_field)
-        if not any(room == allowed or allowed.endswith("*") and room.startswith(allowed[:-1]) for allowed in self.settings.rooms):
+        rooms = self.settings.rooms
+        if not any(room == allowed or allowed.endswith("*") and room.startswith(allowed[:-1]) for allowed in rooms):
             raise HTTPError(403, "This room is not open to tokens from this server")
         token = AccessToken(self.settings.api_key, self.settings.api_secret).with_identity(identity)
         return token.with_grants(VideoGrants(room=room, **self.grants)).with_ttl(self.ttl)
 
-    def check_name(self, value: str, field: str) -> None:
+    def check_name(self, value: str, field: str, display: bool = False) -> None:
+        """Length and control characters for every name; safe_names for room names and identities."""
         limit = self.settings.max_name_length
         if len(value) > limit:
             raise HTTPError(400, f"{field} must be at most {limit} characters")
         if _CONTROL_CHARACTER.search(value):
             raise HTTPError(400, f"{field} must not contain control characters")
-        if self.settings.safe_names and not _SAFE_NAME.fullmatch(value):
-            raise HTTPError(400, f"{field} may hold only ASCII letters, digits, spaces and -_.:@")
+        if self.settings.safe_names and not display and not _SAFE_NAME.fullmatch(value):
+            raise HTTPError(400, f"{field} may hold only ASCII letters, digits, spaces and -_.:@ {_SAFE_NAME_ENDS}")
 
     def openvidu_token(self, request: dict) -> dict:
         room, identity = request.get("roomName"), request.get("participantName")
@@ -643,7 +651,7 @@ class Application:
         token = self.new_token(room, "room_name", identity, "participant_identity")
         name = _optional_str(request, "participant_name")
         if name:
-            self.check_name(name, "participant_name")
+            self.check_name(name, "participant_name", display=True)
             token.with_name(name)
         metadata = _optional_str(request, "participant_metadata")
         if metadata:
@@ -683,7 +691,7 @@ class Application:
             raise HTTPError(401, str(err)) from None
         event_id = event.get("id", "")
         with self.room_locks.hold(_event_room(event)):
-            if event_id and event_id in self.recent_events:
+            if event_id and self.recent_events.seen(event_id, self.clock()):
                 log.info("webhook duplicate id=%s", _log_text(event_id))
                 return 200, {"status": "ok"}
             room = event.get("room", {})
@@ -722,15 +730,29 @@ class Application:
             raise HTTPError(503, "Could not store the event") from None
 
 
-def _rate_key(address: str) -> str:
-    # One IPv6 host usually holds a whole /64: count it as one client.
+def _ip_address(text: str):
+    """The IP address in `text` (also "[v6]", "v4:port", "[v6]:port", as proxies write them), or None.
+
+    An IPv4 address mapped into IPv6 (::ffff:a.b.c.d), as a dual-stack socket
+    reports it, is the IPv4 address.
+    """
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
     try:
-        ip = ipaddress.ip_address(address)
+        ip = ipaddress.ip_address(text)
     except ValueError:
+        return None
+    return ip.ipv4_mapped or ip if ip.version == 6 else ip
+
+
+def _rate_key(address: str) -> str:
+    ip = _ip_address(address)
+    if ip is None:
         return address[:64]
     if ip.version == 6:
-        if ip.ipv4_mapped:
-            return str(ip.ipv4_mapped)
+        # One IPv6 host usually holds a whole /64: count it as one client.
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)
 
@@ -771,9 +793,13 @@ MAX_HEADERS = 100
 # How much of an unread body to swallow before closing, so that the client
 # reads our answer instead of a connection reset.
 MAX_DISCARD_BYTES = 1024 * 1024
+# How much of an unread body to read past to keep a connection open.
+MAX_SKIP_BYTES = 64 * 1024
 
 # RFC 9110 §5.6.2: token = 1*tchar.
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# RFC 9112 §3.2: the request target is visible ASCII (RFC 3986 characters).
+_TARGET = re.compile(rb"[!-~]+")
 # RFC 9110 §5.5: field values hold no control characters but HTAB.
 _BAD_FIELD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -863,6 +889,8 @@ def _parse_head(head: bytes) -> tuple:
     if version not in ("HTTP/1.1", "HTTP/1.0"):
         if re.fullmatch(r"HTTP/[0-9]\.[0-9]", version):
             raise HTTPError(505, "Only HTTP/1.1 and HTTP/1.0 are supported")
+        raise HTTPError(400, "Malformed request line")
+    if not _TARGET.fullmatch(parts[1]):
         raise HTTPError(400, "Malformed request line")
     if not (target.startswith("/") or (target == "*" and method == "OPTIONS")):
         raise HTTPError(400, "Request target must be a path")
@@ -955,6 +983,12 @@ class Server:
                 continue  # e.g. ECONNABORTED, EMFILE: keep serving the others
             with self.lock:
                 saturated = len(self.connections) >= self.max_connections
+                idle = next((other for other, waiting in self.connections.items() if waiting), None)
+                if saturated and idle is not None:
+                    # A keep-alive connection waiting for its next request makes room for a new client.
+                    _shutdown(idle, socket.SHUT_RD)
+                    self.connections[idle] = False
+                    saturated = False
                 self.connections[sock] = False
             thread = threading.Thread(target=self.serve_connection, args=(sock, client[0], saturated), daemon=True)
             thread.start()
@@ -1036,6 +1070,13 @@ class Server:
             # 408 for a stalled request; an idle keep-alive connection just closes.
             status, response_headers, chunks = self.call(self.app.error_response, environ, 408, "Request timed out")
             keep_alive, body = False, None
+        if keep_alive and body is not None and 0 < body.remaining <= MAX_SKIP_BYTES and not body.expects_continue:
+            # Answered before its body was read (401, 413, 429 ...): skip the
+            # body, so the connection can carry the client's next request.
+            try:
+                body.read()
+            except OSError:
+                keep_alive = False
         unread = body is None or body.remaining > 0
         if unread:
             keep_alive = False
@@ -1175,13 +1216,16 @@ def check_startup(settings: Settings) -> None:
     """Log what is risky about `settings`; raise SettingsError for what cannot work."""
     if settings.dev_mode:
         log.warning(DEV_MODE_WARNING, DEV_API_KEY)
-    short = [name for name, secrets_ in (
-        ("LIVEKIT_API_SECRET", [settings.api_secret]),
-        ("WEBHOOK_API_KEYS", settings.webhook_keys.values()),
-        ("TOKEN_AUTH_SECRETS", settings.auth_secrets),
-    ) if any(len(secret) < 32 for secret in secrets_)]
-    if short and not settings.dev_mode:
-        log.warning("secrets shorter than 32 characters in %s: use long random ones", ", ".join(short))
+    secrets_by_setting = {
+        "api_secret": [] if settings.dev_mode else [settings.api_secret],
+        "auth_secrets": settings.auth_secrets,
+        "webhook_keys": [secret for _, secret in settings.webhook_keys],
+    }
+    for field, values in secrets_by_setting.items():
+        if any(len(secret) < 32 for secret in values):
+            log.warning("%s holds a secret shorter than 32 characters: use long random ones", _SETTING_NAMES[field])
+    if settings.webhook_keys:
+        log.info("webhooks are accepted when signed by: %s", ", ".join(key for key, _ in settings.webhook_keys))
     if settings.event_file:
         try:
             open(settings.event_file, "ab").close()

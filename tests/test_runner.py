@@ -649,10 +649,22 @@ def test_oversized_body_gets_413_while_the_client_still_sends(live):
         expect_closed(sock, rest)
 
 
-def test_unread_body_ends_keep_alive(live):
-    # The app never reads a body sent to /healthz: the runner must not parse it as the next request.
-    smuggled = HEALTHZ
+def test_small_unread_body_is_skipped_never_parsed_as_a_request(live):
+    # The app never reads a body sent to /healthz: the runner skips it, and
+    # must not take the request hidden in it for the client's next one.
+    smuggled = build("GET", "/nope", [HOST])
     request = build("GET", "/healthz", [HOST, ("Content-Length", str(len(smuggled)))], smuggled)
+    with live.connect() as sock:
+        sock.sendall(request + HEALTHZ)
+        first, rest = read_response(sock)
+        second, rest = read_response(sock, rest)
+    assert (first.status, first.values("connection")) == (200, [])
+    assert (second.status, second.json()) == (200, {"status": "ok"})
+
+
+def test_large_unread_body_ends_keep_alive(live):
+    body = b"x" * (server.MAX_SKIP_BYTES + 1)
+    request = build("GET", "/healthz", [HOST, ("Content-Length", str(len(body)))], body)
     with live.connect() as sock:
         sock.sendall(request)
         response, rest = read_response(sock)
@@ -771,7 +783,7 @@ def test_stalled_clients_do_not_block_a_normal_one(live):
 # Saturation
 
 
-def test_fifth_connection_gets_503_then_service_resumes(start_server):
+def test_when_full_an_idle_keep_alive_connection_makes_room(start_server):
     live = start_server(idle_timeout=10.0)
     idle = [live.connect() for _ in range(4)]
     try:
@@ -779,6 +791,27 @@ def test_fifth_connection_gets_503_then_service_resumes(start_server):
             sock.sendall(HEALTHZ)
             response, _ = read_response(sock)
             assert response.status == 200 and response.values("connection") == []
+        with live.connect() as sock:
+            sock.sendall(token_request("fifth"))
+            response, _ = read_response(sock)
+        assert response.status == 200 and identity_of(response) == "fifth"
+        # The oldest idle connection was closed for it; the others stay open.
+        assert _recv(idle[0], time.monotonic() + TIMEOUT) == b""
+        for sock in idle[1:]:
+            sock.sendall(HEALTHZ)
+            assert read_response(sock)[0].status == 200
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_when_full_of_requests_in_progress_a_new_one_gets_503(start_server):
+    live = start_server(request_timeout=10.0)
+    busy = [live.connect() for _ in range(4)]
+    try:
+        for sock in busy:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # a head that never ends
+        assert wait_for(lambda: live.open_connections() == 4)
         with live.connect() as sock:
             sock.sendall(token_request())
             response, rest = read_response(sock)
@@ -788,7 +821,7 @@ def test_fifth_connection_gets_503_then_service_resumes(start_server):
             assert response.values("connection") == ["close"]
             expect_closed(sock, rest)
     finally:
-        for sock in idle:
+        for sock in busy:
             sock.close()
     assert wait_for(lambda: live.open_connections() == 0)
     with live.connect() as sock:
@@ -798,10 +831,12 @@ def test_fifth_connection_gets_503_then_service_resumes(start_server):
 
 
 def test_connections_beyond_twice_the_limit_wait_in_the_backlog(start_server):
-    live = start_server(idle_timeout=10.0)
+    live = start_server(request_timeout=10.0)
     held = [live.connect() for _ in range(8)]
     waiting = None
     try:
+        for sock in held:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # busy, not idle: none can make room
         assert wait_for(lambda: live.open_connections() == 8)
         threads = threading.active_count()
         waiting = live.connect()  # completes in the kernel's backlog
@@ -1058,7 +1093,7 @@ def test_main_warns_about_a_short_secret():
         assert code == 0
     finally:
         process.kill()
-    assert "secrets shorter than 32 characters in LIVEKIT_API_SECRET" in process.stderr
+    assert "livekit.api_secret (LIVEKIT_API_SECRET) holds a secret shorter than 32 characters" in process.stderr
     assert "tiny-s3cret" not in process.stderr
 
 

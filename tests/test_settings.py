@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import pytest
 
+import server
 from server import DEV_API_KEY, DEV_API_SECRET, Settings, SettingsError, load_settings, make_app
 
 SECRET = "a-long-secret-that-must-never-leak-0123456789"
@@ -511,3 +514,29 @@ def test_settings_repr_hides_the_credentials(config):
         assert SECRET not in str(settings)
         assert settings.api_key not in repr(settings)
     assert "secret" not in repr(load_settings({}))  # the dev secret is "secret"
+
+
+# --------------------------------------------------------------------------
+# config.ini.example stays true
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config.ini.example"
+
+
+def test_config_example_holds_exactly_the_built_in_defaults():
+    from_example = load_settings({}, str(EXAMPLE))
+    assert from_example == Settings(api_key="devkey", api_secret="secret", dev_mode=True)
+
+
+@pytest.mark.parametrize("section, key, env_name", [source[:3] for source in server._SETTINGS_SOURCES])
+def test_config_example_documents_every_setting_with_its_variable(section, key, env_name):
+    text = EXAMPLE.read_text(encoding="utf-8")
+    block = text.split(f"[{section}]", 1)[1].split("\n[", 1)[0]
+    assert re.search(rf"^#? ?{key} =", block, re.MULTILINE), f"{section}.{key} missing"
+    assert f"# {env_name}\n" in block
+
+
+@pytest.mark.parametrize("section, key, env_name", [source[:3] for source in server._SETTINGS_SOURCES])
+def test_readme_lists_every_setting(section, key, env_name):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert f"| `{env_name}` | `{section}.{key}` |" in readme

@@ -1,0 +1,1288 @@
+"""Hostile clients against the real runner, over loopback sockets.
+
+Every test starts `Server(make_app(settings, on_event=..., clock=...))` on
+127.0.0.1 port 0, serves it from a thread and drains it afterwards. Requests
+are raw bytes; answers are parsed by hand. Sections: hostile JSON to /token,
+hostile HTTP framing, forged webhooks (one row per JWT attack class), slow and
+stalled clients, a bounded burst of 500 connections, rate limits, webhook
+dedupe and handler failure. The last test reads everything the module saw:
+no log line and no answer holds the API secret, a JWT (token bodies from
+/token excepted) or a traceback.
+
+Every socket has a timeout and every loop a bound in count and time. Tests
+that show a bug are marked xfail(strict=True) with the reason starting "BUG:".
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import email.utils
+import hashlib
+import hmac
+import json
+import logging
+import re
+import resource
+import selectors
+import socket
+import threading
+import time
+from typing import Callable, Optional
+
+import pytest
+
+import server
+
+KEY = "adversarial-key"
+SECRET = "adversarial-secret-0123456789-abcdefghijklmnop"
+NOW = 1_760_000_000  # the app's clock, unless a test moves it
+TIMEOUT = 5.0  # on every socket, and the longest any single wait may take
+LEEWAY = 60  # livekit_auth.verification.DEFAULT_LEEWAY, in seconds
+# Three base64url segments of 10+ characters: a JWT, or near enough to be one.
+JWT_RE = re.compile(rb"[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}")
+
+# Everything this module saw, for the final check (test_zz_... at the end).
+ANSWERS: list = []  # (raw bytes, is a token body from /token)
+LOG_RECORDS: list = []
+THREAD_CRASHES: list = []
+
+
+class _Recorder(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        LOG_RECORDS.append(record)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def record_everything():
+    """Capture the server's log and escaped thread exceptions for the whole module."""
+    logger = logging.getLogger("livekit_token_server")
+    handler = _Recorder(logging.INFO)
+    old_level, old_hook = logger.level, threading.excepthook
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    threading.excepthook = THREAD_CRASHES.append
+    try:
+        yield
+    finally:
+        threading.excepthook = old_hook
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+# --------------------------------------------------------------------------
+# Requests and answers
+
+
+def build(method: str, target: str, headers=(), body: bytes = b"", version: str = "HTTP/1.1") -> bytes:
+    lines = [f"{method} {target} {version}".encode("latin-1")]
+    lines += [f"{name}: {value}".encode("latin-1") for name, value in headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+HOST = ("Host", "adversarial.test")
+HEALTHZ = build("GET", "/healthz", [HOST])
+
+
+def post(path: str, body: bytes, headers=(), content_type: str = "application/json") -> bytes:
+    fields = [HOST, ("Content-Type", content_type), ("Content-Length", str(len(body))), *headers]
+    return build("POST", path, fields, body)
+
+
+def token_body(identity: str = "alice", room: str = "room-1") -> bytes:
+    return json.dumps({"roomName": room, "participantName": identity}).encode("ascii")
+
+
+def token_request(identity: str = "alice", headers=()) -> bytes:
+    return post("/token", token_body(identity), headers)
+
+
+@dataclasses.dataclass
+class Response:
+    status: int
+    headers: list  # (lower-case name, value), in order
+    body: bytes
+    raw: bytes
+
+    def values(self, name: str) -> list:
+        return [value for key, value in self.headers if key == name]
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+    @property
+    def error(self) -> tuple:
+        """(status, errorMessage), for one-line assertions."""
+        body = self.json()
+        assert list(body) == ["errorMessage"], body
+        return self.status, body["errorMessage"]
+
+
+def _is_token_body(status: int, body: bytes) -> bool:
+    if status not in (200, 201):
+        return False
+    try:
+        keys = set(json.loads(body))
+    except ValueError:
+        return False
+    return keys in ({"token"}, {"server_url", "participant_token"})
+
+
+def parse_response(data: bytes) -> Optional[tuple]:
+    """(Response, bytes past it) once `data` holds a whole answer, else None."""
+    if b"\r\n\r\n" not in data:
+        assert len(data) < 64 * 1024, "answer head too long"
+        return None
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    version, status, _reason = lines[0].split(b" ", 2)
+    assert version == b"HTTP/1.1", lines[0]
+    headers = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        assert colon and re.fullmatch(rb"[A-Za-z0-9-]+", name), line
+        headers.append((name.decode("ascii").lower(), value.strip(b" ").decode("latin-1")))
+    response = Response(int(status), headers, b"", b"")
+    lengths = response.values("content-length")
+    if response.status == 204:
+        assert lengths == []
+        length = 0
+    else:
+        assert len(lengths) == 1, headers
+        length = int(lengths[0])
+    if len(rest) < length:
+        return None
+    response.body, rest = rest[:length], rest[length:]
+    response.raw = head + b"\r\n\r\n" + response.body
+    ANSWERS.append((response.raw, _is_token_body(response.status, response.body)))
+    check_answer(response)
+    return response, rest
+
+
+def check_answer(response: Response) -> None:
+    """What must hold for every answer."""
+    assert len(response.values("date")) == 1, response.headers
+    sent = email.utils.parsedate_to_datetime(response.values("date")[0])
+    assert abs(sent.timestamp() - time.time()) < 10
+    assert response.values("content-type") == ["application/json"] or response.status == 204
+    assert b"Traceback" not in response.raw and SECRET.encode() not in response.raw
+    if response.status >= 400:
+        body = response.json()
+        assert list(body) == ["errorMessage"] and type(body["errorMessage"]) is str, body
+
+
+def _recv(sock: socket.socket, deadline: float) -> bytes:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise AssertionError("no answer in time")
+    sock.settimeout(remaining)
+    return sock.recv(65536)
+
+
+def read_response(sock: socket.socket, pending: bytes = b"") -> tuple:
+    """(Response, bytes received past it). Fails on EOF or a timeout before a whole answer."""
+    deadline = time.monotonic() + TIMEOUT
+    data = pending
+    while True:
+        parsed = parse_response(data)
+        if parsed is not None:
+            return parsed
+        chunk = _recv(sock, deadline)
+        assert chunk, f"connection closed before a whole answer; got {data[:200]!r}"
+        data += chunk
+
+
+def read_eof(sock: socket.socket, timeout: float = TIMEOUT) -> bytes:
+    """Whatever arrives before the server closes; a reset fails the test (ConnectionResetError)."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while True:
+        chunk = _recv(sock, deadline)
+        if not chunk:
+            ANSWERS.append((data, False))
+            return data
+        data += chunk
+
+
+def expect_closed(sock: socket.socket, rest: bytes) -> None:
+    """Nothing more arrives after the answer, then a clean close (FIN, not a reset)."""
+    assert rest + read_eof(sock) == b""
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+class Clock:
+    """The app's clock: fixed unless a test moves it."""
+
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclasses.dataclass
+class Running:
+    server: server.Server
+    thread: threading.Thread
+    address: tuple  # (host, port)
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(self.address, timeout=TIMEOUT)
+
+    def ask(self, raw: bytes, count: int = 1) -> list:
+        """Send `raw` on a new connection and read `count` answers; the connection is then closed."""
+        answers, rest = [], b""
+        with self.connect() as sock:
+            sock.sendall(raw)
+            for _ in range(count):
+                response, rest = read_response(sock, rest)
+                answers.append(response)
+        return answers
+
+    def healthy(self) -> bool:
+        (response,) = self.ask(HEALTHZ)
+        return (response.status, response.json()) == (200, {"status": "ok"})
+
+    def open_connections(self) -> int:
+        with self.server.lock:
+            return len(self.server.connections)
+
+
+@pytest.fixture
+def start_server():
+    """start(on_event=..., clock=..., **setting overrides) -> Running; drained and joined on teardown."""
+    started: list = []
+
+    def start(*, on_event: Optional[Callable] = None, clock: Callable = Clock(), **overrides) -> Running:
+        fields = dict(
+            api_key=KEY,
+            api_secret=SECRET,
+            host="127.0.0.1",
+            port=0,
+            idle_timeout=2.0,
+            request_timeout=2.0,
+            rate_per_minute=0,
+        )
+        fields.update(overrides)
+        settings = server.Settings(**fields)
+        srv = server.Server(server.make_app(settings, on_event=on_event, clock=clock), settings)
+        thread = threading.Thread(target=srv.serve_forever, name="serve_forever", daemon=True)
+        thread.start()
+        running = Running(srv, thread, tuple(srv.address))
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.server.drain(grace=3)
+        running.thread.join(TIMEOUT)
+        assert not running.thread.is_alive(), "serve_forever did not return after drain()"
+
+
+@pytest.fixture
+def live(start_server) -> Running:
+    return start_server()
+
+
+# --------------------------------------------------------------------------
+# 1. Hostile JSON to /token
+
+NOT_AN_OBJECT = (400, "Request body must be a JSON object")
+REQUIRED = (400, "roomName and participantName are required")
+
+
+def _deep_arrays(depth: int) -> bytes:
+    return b'{"roomName":' + b"[" * depth + b"]" * depth + b',"participantName":"p"}'
+
+
+def _with_x(value: bytes) -> bytes:
+    """A valid OpenVidu-shape body with one more field, x, holding `value` as written."""
+    return b'{"roomName":"r","participantName":"p","x":' + value + b"}"
+
+
+def _deep_objects(depth: int) -> bytes:
+    return b'{"a":' * depth + b"{}" + b"}" * depth
+
+
+HOSTILE_JSON = [
+    # Wrong types at the top and in the fields
+    pytest.param(b"[]", NOT_AN_OBJECT, id="top-array"),
+    pytest.param(b'"roomName"', NOT_AN_OBJECT, id="top-string"),
+    pytest.param(b"1", NOT_AN_OBJECT, id="top-number"),
+    pytest.param(b"null", NOT_AN_OBJECT, id="top-null"),
+    pytest.param(b"true", NOT_AN_OBJECT, id="top-true"),
+    pytest.param(b"", NOT_AN_OBJECT, id="empty-body"),
+    pytest.param(b" \r\n\t", NOT_AN_OBJECT, id="whitespace-only"),
+    pytest.param(b"{}{}", NOT_AN_OBJECT, id="two-objects"),
+    pytest.param(token_body() + b"x", NOT_AN_OBJECT, id="trailing-garbage"),
+    pytest.param(b'{"roomName":"r","participantName":"p"', NOT_AN_OBJECT, id="unterminated"),
+    pytest.param(b"{}", REQUIRED, id="empty-object"),
+    pytest.param(b'{"roomName":1,"participantName":"p"}', REQUIRED, id="room-int"),
+    pytest.param(b'{"roomName":["r"],"participantName":"p"}', REQUIRED, id="room-array"),
+    pytest.param(b'{"roomName":{"r":1},"participantName":"p"}', REQUIRED, id="room-object"),
+    pytest.param(b'{"roomName":"r","participantName":true}', REQUIRED, id="name-bool"),
+    pytest.param(b'{"roomName":"r","participantName":null}', REQUIRED, id="name-null"),
+    pytest.param(b'{"roomName":"","participantName":"p"}', REQUIRED, id="room-empty"),
+    pytest.param(b'{"room_name":5}', (400, "room_name must be a string"), id="room_name-int"),
+    pytest.param(
+        b'{"room_name":"r","participant_identity":null}',
+        (400, "participant_identity must be a string"),
+        id="identity-null",
+    ),
+    pytest.param(
+        b'{"room_name":"r","participant_name":{"a":1}}', (400, "participant_name must be a string"), id="name-object"
+    ),
+    pytest.param(
+        b'{"room_name":"r","roomName":"r","participantName":"p"}',
+        (400, "Request mixes roomName/participantName with LiveKit's snake_case fields"),
+        id="mixed-shapes",
+    ),
+    pytest.param(
+        b'{"room_name":"r","__proto__":{}}',
+        (400, "Request has a field that is not part of LiveKit's token request"),
+        id="unknown-field",
+    ),
+    pytest.param(
+        b'{"room_name":"r","participant_metadata":"m"}',
+        (403, "participant_metadata may not be set by clients on this server"),
+        id="field-not-allowed",
+    ),
+    pytest.param(
+        b'{"roomName":"r\\u0000","participantName":"p"}',
+        (400, "roomName must not contain control characters"),
+        id="nul-escape-in-room",
+    ),
+    pytest.param(
+        b'{"roomName":"r","participantName":"\\u202e\\u0085"}',
+        (400, "participantName must not contain control characters"),
+        id="c1-control-in-name",
+    ),
+    pytest.param(
+        token_body("p" * 257), (400, "participantName must be at most 256 characters"), id="name-257-chars"
+    ),
+    # Nesting, all within the 16 KiB cap
+    pytest.param(_deep_arrays(8000), NOT_AN_OBJECT, id="arrays-8000-deep"),
+    pytest.param(_deep_arrays(64), NOT_AN_OBJECT, id="depth-65"),
+    pytest.param(_deep_arrays(63), REQUIRED, id="depth-64-parsed"),
+    pytest.param(_deep_objects(2700), NOT_AN_OBJECT, id="objects-2700-deep"),
+    pytest.param(b"[" * 16000, NOT_AN_OBJECT, id="arrays-16000-unclosed"),
+    # Encodings: UTF-8 only, and only real Unicode
+    pytest.param(token_body().decode().encode("utf-16"), NOT_AN_OBJECT, id="utf-16-bom"),
+    pytest.param(token_body().decode().encode("utf-16-le"), NOT_AN_OBJECT, id="utf-16-le"),
+    pytest.param(token_body().decode().encode("utf-32"), NOT_AN_OBJECT, id="utf-32"),
+    pytest.param(b"\xef\xbb\xbf" + token_body(), NOT_AN_OBJECT, id="utf-8-bom"),
+    pytest.param(b'{"roomName":"r\xff","participantName":"p"}', NOT_AN_OBJECT, id="invalid-utf-8"),
+    pytest.param(b'{"roomName":"r\xc0\xaf","participantName":"p"}', NOT_AN_OBJECT, id="overlong-utf-8"),
+    pytest.param(b'{"roomName":"r\xed\xa0\x80","participantName":"p"}', NOT_AN_OBJECT, id="utf-8-encoded-surrogate"),
+    pytest.param(b'{"roomName":"r","participantName":"\\ud800"}', NOT_AN_OBJECT, id="lone-high-surrogate"),
+    pytest.param(b'{"roomName":"r","participantName":"\\uDC00x"}', NOT_AN_OBJECT, id="lone-low-surrogate"),
+    pytest.param(b'{"roomName":"r","participantName":"\\ude00\\ud83d"}', NOT_AN_OBJECT, id="surrogates-reversed"),
+    # Duplicates, non-finite and oversized numbers
+    pytest.param(b'{"roomName":"a","roomName":"b","participantName":"p"}', NOT_AN_OBJECT, id="duplicate-key"),
+    pytest.param(
+        b'{"room_name":"r","participant_name":"n","participant_name":"n"}', NOT_AN_OBJECT, id="duplicate-same-value"
+    ),
+    pytest.param(_with_x(b'{"a":1,"a":2}'), NOT_AN_OBJECT, id="duplicate-nested"),
+    pytest.param(_with_x(b"NaN"), NOT_AN_OBJECT, id="nan"),
+    pytest.param(_with_x(b"Infinity"), NOT_AN_OBJECT, id="infinity"),
+    pytest.param(_with_x(b"-Infinity"), NOT_AN_OBJECT, id="minus-infinity"),
+    pytest.param(_with_x(b"1e400"), NOT_AN_OBJECT, id="1e400"),
+    pytest.param(_with_x(b"-1e400"), NOT_AN_OBJECT, id="minus-1e400"),
+    pytest.param(_with_x(b"9" * 5000), NOT_AN_OBJECT, id="int-5000-digits"),
+    pytest.param(_with_x(b"[" + b"9" * 16000 + b"]"), NOT_AN_OBJECT, id="int-16000-digits"),
+]
+
+
+@pytest.mark.parametrize("body, expected", HOSTILE_JSON)
+def test_hostile_json_gets_the_exact_error_and_the_connection_keeps_serving(live, body, expected):
+    assert len(body) <= server.MAX_TOKEN_BODY_BYTES
+    with live.connect() as sock:
+        sock.sendall(post("/token", body))
+        response, rest = read_response(sock)
+        assert response.error == expected
+        # The body was read whole, so the same connection serves the next request.
+        assert response.values("connection") == []
+        sock.sendall(token_request("after"))
+        response, rest = read_response(sock, rest)
+        assert response.status == 200 and set(response.json()) == {"token"}
+    assert live.healthy()
+
+
+ACCEPTED_JSON = [
+    pytest.param(b'{"roomName":"r","participantName":"\\ud83d\\ude00"}', id="surrogate-pair-escape"),
+    pytest.param('{"roomName":"r","participantName":"\U0001f600"}'.encode("utf-8"), id="utf-8-emoji"),
+    pytest.param(_with_x(b"1e308"), id="1e308"),
+    pytest.param(_with_x(b"9" * 4300), id="int-4300-digits"),
+    pytest.param(_with_x(b"[" * 63 + b"]" * 63), id="depth-64"),
+    pytest.param(token_body() + b" " * (server.MAX_TOKEN_BODY_BYTES - len(token_body())), id="exactly-16-KiB"),
+]
+
+
+@pytest.mark.parametrize("body", ACCEPTED_JSON)
+def test_unusual_but_valid_json_is_accepted(live, body):
+    assert len(body) <= server.MAX_TOKEN_BODY_BYTES
+    (response,) = live.ask(post("/token", body))
+    assert response.status == 200 and set(response.json()) == {"token"}, response.body
+
+
+def test_body_one_byte_over_the_cap_gets_413_read_by_the_client(live):
+    body = token_body() + b" " * (server.MAX_TOKEN_BODY_BYTES + 1 - len(token_body()))
+    with live.connect() as sock:
+        sock.sendall(post("/token", body))
+        response, rest = read_response(sock)  # a reset here would raise ConnectionResetError
+        assert response.error == (413, f"Request body must be at most {server.MAX_TOKEN_BODY_BYTES} bytes")
+        # The refused body is small enough to skip: the connection carries on.
+        assert response.values("connection") == []
+        sock.sendall(HEALTHZ)
+        response, rest = read_response(sock, rest)
+        assert response.status == 200
+    assert live.healthy()
+
+
+# --------------------------------------------------------------------------
+# 2. Hostile HTTP framing (test_runner.py has the basic table; these are the rest)
+
+MALFORMED_LINE = "Malformed request line"
+MALFORMED_FIELD = "Malformed header field"
+REPEATED = "Repeated header field"
+CHUNKED = "Transfer-Encoding is not supported; send Content-Length"
+HEAD_TOO_LARGE = "Request head is too large"
+SMUGGLED = build("GET", "/smuggled", [HOST])  # a 404 would show that it was parsed as a request
+TLS_HELLO = bytes.fromhex("16030100c4010000c00303") + bytes(range(32)) + b"\x00\x02\x13\x01\x01\x00"
+
+
+def _token_head(*fields: tuple) -> bytes:
+    """A /token head with these fields, then the (valid) token body."""
+    return build("POST", "/token", [HOST, ("Content-Type", "application/json"), *fields], token_body())
+
+
+LENGTH = ("Content-Length", str(len(token_body())))
+BAD_LINE = [(400, MALFORMED_LINE)]
+BAD_FIELD = [(400, MALFORMED_FIELD)]
+OK_THEN_BAD_LINE = [(200, None), (400, MALFORMED_LINE)]
+OK_TWICE = [(200, None), (200, None)]
+
+# (raw bytes sent at once, [(status, errorMessage or None for a 2xx), ...], closed afterwards)
+FRAMING = [
+    pytest.param(token_request() + b"\x00\x00\x00\r\n\r\n", OK_THEN_BAD_LINE, True, id="valid-then-nul"),
+    pytest.param(
+        token_request() + bytes(range(256)) + b"\r\n\r\n", OK_THEN_BAD_LINE, True, id="valid-then-binary"
+    ),
+    pytest.param(
+        token_request() + TLS_HELLO + b"\r\n\r\n", OK_THEN_BAD_LINE, True, id="valid-then-tls-hello"
+    ),
+    pytest.param(
+        token_request() + b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        [(200, None), (505, "Only HTTP/1.1 and HTTP/1.0 are supported")],
+        True,
+        id="valid-then-h2-preface",
+    ),
+    pytest.param(
+        token_request() + b"GET /healthz HTTP/1.1\r\n\r\n" + SMUGGLED,
+        [(200, None), (400, "Host header is required")],
+        True,
+        id="valid-then-hostless-then-smuggled",
+    ),
+    # Transfer-Encoding in every spelling is refused, or the head is malformed
+    pytest.param(
+        _token_head(LENGTH, ("Transfer-Encoding", "identity\r\n chunked")), BAD_FIELD, True, id="te-obs-fold"
+    ),
+    pytest.param(
+        _token_head(LENGTH, ("X-Pad", "x\r\n Transfer-Encoding: chunked")), BAD_FIELD, True, id="te-in-fold"
+    ),
+    pytest.param(
+        b"POST /token HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 4\r\n"
+        b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n" + SMUGGLED,
+        [(400, MALFORMED_FIELD)],
+        True,
+        id="te-space-before-colon",
+    ),
+    pytest.param(_token_head(LENGTH, ("Transfer-Encoding", "\tchunked")), [(411, CHUNKED)], True, id="te-tab-value"),
+    pytest.param(_token_head(LENGTH, ("transfer-encoding", "chunked")), [(411, CHUNKED)], True, id="te-lower-case"),
+    pytest.param(_token_head(LENGTH, ("TRANSFER-ENCODING", "CHUNKED")), [(411, CHUNKED)], True, id="te-upper-case"),
+    pytest.param(_token_head(LENGTH, ("Transfer-Encoding", "xchunked")), [(411, CHUNKED)], True, id="te-xchunked"),
+    pytest.param(_token_head(LENGTH, ("Transfer-Encoding", "chunked, identity")), [(411, CHUNKED)], True, id="te-list"),
+    pytest.param(
+        _token_head(LENGTH, ("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "identity")),
+        [(400, REPEATED)],
+        True,
+        id="te-twice",
+    ),
+    pytest.param(
+        build("POST", "/token", [HOST, ("Content-Length", "4"), ("Transfer-Encoding", "chunked")])
+        + b"0\r\n\r\n"
+        + SMUGGLED,
+        [(411, CHUNKED)],
+        True,
+        id="cl-te-hiding-a-request",
+    ),
+    pytest.param(
+        build("GET", "/healthz", [HOST, ("Transfer-Encoding", "chunked")]) + b"0\r\n\r\n" + SMUGGLED,
+        [(411, CHUNKED)],
+        True,
+        id="get-with-te",
+    ),
+    # "_" names are dropped: Transfer_Encoding frames nothing, Content-Length does
+    pytest.param(
+        _token_head(LENGTH, ("Transfer_Encoding", "chunked")) + HEALTHZ, OK_TWICE, False, id="te-underscore"
+    ),
+    # Content-Length: duplicates refused, leading zeros are 1*DIGIT (RFC 9110 §8.6) and frame exactly
+    pytest.param(
+        build("POST", "/token", [HOST, ("Content-Length", "0"), ("Content-Length", str(len(SMUGGLED)))]) + SMUGGLED,
+        [(400, REPEATED)],
+        True,
+        id="cl-twice-different-hiding-a-request",
+    ),
+    pytest.param(
+        _token_head(("Content-Length", f"{len(token_body()):06d}")) + HEALTHZ,
+        [(200, None), (200, None)],
+        False,
+        id="cl-leading-zeros",
+    ),
+    pytest.param(
+        build("GET", "/healthz", [HOST, ("Content-Length", "0000")]) + HEALTHZ,
+        [(200, None), (200, None)],
+        False,
+        id="cl-all-zeros",
+    ),
+    pytest.param(
+        build("POST", "/token", [HOST, ("Content-Type", "application/json"), ("Content-Length", "9" * 12)]),
+        [(413, f"Request body must be at most {server.MAX_TOKEN_BODY_BYTES} bytes")],
+        True,
+        id="cl-12-nines",
+    ),
+    # Binary bytes and NUL in the request line and the header names
+    pytest.param(b"\x00" * 64 + b"\r\n\r\n", BAD_LINE, True, id="nul-line"),
+    pytest.param(b"G\x00T /healthz HTTP/1.1\r\nHost: t\r\n\r\n", BAD_LINE, True, id="nul-in-method"),
+    pytest.param(b"GET /healthz HTTP/1.1\x00\r\nHost: t\r\n\r\n", BAD_LINE, True, id="nul-in-version"),
+    pytest.param(b"\xff\xfe\xfd /healthz HTTP/1.1\r\nHost: t\r\n\r\n", BAD_LINE, True, id="binary-method"),
+    pytest.param(b"GET\t/healthz\tHTTP/1.1\r\nHost: t\r\n\r\n", BAD_LINE, True, id="tabs-in-line"),
+    pytest.param(TLS_HELLO + b"\r\n\r\n", BAD_LINE, True, id="tls-hello"),
+    pytest.param(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX\x00A: v\r\n\r\n", BAD_FIELD, True, id="nul-in-name"),
+    pytest.param(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\xffA: v\r\n\r\n", BAD_FIELD, True, id="binary-name"),
+    pytest.param(b"GET /healthz HTTP/1.1\r\n\x00\r\n\r\n", BAD_FIELD, True, id="nul-field-line"),
+    # Size limits on the head
+    pytest.param(
+        build("GET", "/healthz", [HOST] + [(f"X-F{i}", "v" * 200) for i in range(85)]),
+        [(431, HEAD_TOO_LARGE)],
+        True,
+        id="many-fields-over-16k",
+    ),
+    pytest.param(
+        b"GET /" + b"a" * 20 * 1024 + b" HTTP/1.1\r\nHost: t\r\n\r\n", [(431, HEAD_TOO_LARGE)], True, id="line-20k"
+    ),
+    pytest.param(b"GET /" + b"a" * 20 * 1024, [(431, HEAD_TOO_LARGE)], True, id="line-20k-unfinished"),
+    pytest.param(b"\x00" * 20 * 1024, [(431, HEAD_TOO_LARGE)], True, id="nul-flood-20k"),
+    pytest.param(
+        build("GET", "/healthz", [HOST, ("X-Pad", "p" * 15900)]) + HEALTHZ,
+        [(200, None), (200, None)],
+        False,
+        id="head-15.9k-accepted",
+    ),
+]
+
+
+@pytest.mark.parametrize("raw, expected, closed", FRAMING)
+def test_hostile_framing(live, raw, expected, closed):
+    with live.connect() as sock:
+        sock.sendall(raw)
+        rest = b""
+        for status, message in expected:
+            response, rest = read_response(sock, rest)
+            if message is None:
+                assert response.status == status, response.body
+            else:
+                assert response.error == (status, message)
+        if closed:
+            assert response.values("connection") == ["close"]
+            sock.shutdown(socket.SHUT_WR)
+            expect_closed(sock, rest)  # nothing smuggled is answered; FIN, not a reset
+        else:
+            assert response.values("connection") == [] and rest == b""
+    assert live.healthy()
+
+
+def test_garbage_without_a_blank_line_after_a_valid_request_gets_408(start_server):
+    live = start_server(request_timeout=1.0)
+    with live.connect() as sock:
+        started = time.monotonic()
+        sock.sendall(token_request() + TLS_HELLO)
+        response, rest = read_response(sock)
+        assert response.status == 200
+        response, rest = read_response(sock, rest)
+        assert response.error == (408, "Request timed out")
+        assert 0.8 <= time.monotonic() - started <= 2.0
+        expect_closed(sock, rest)
+
+
+INVALID_TARGETS = [
+    pytest.param(b"/healthz\x00", id="nul"),
+    pytest.param(b"/healthz\rX", id="bare-cr"),
+    pytest.param(b"/heal\tthz", id="tab"),
+    pytest.param(b"/healthz\x7f", id="del"),
+    pytest.param(b"/heal\x1bthz", id="esc"),
+    pytest.param(b"/healthz\xff", id="high-byte"),
+]
+
+
+@pytest.mark.parametrize("target", INVALID_TARGETS)
+def test_invalid_bytes_in_the_request_target_are_a_malformed_line(live, target):
+    with live.connect() as sock:
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+        response, rest = read_response(sock)
+        assert response.error == (400, MALFORMED_LINE)
+
+
+# --------------------------------------------------------------------------
+# 3. Forged webhooks
+
+
+def b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def body_sha256(body: bytes) -> str:
+    """LiveKit's sha256 claim: standard, padded base64 of the body's SHA-256."""
+    return base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
+
+
+def _event_body() -> tuple:
+    # An event whose digest has a "+" or "/", so its url-safe spelling differs.
+    for n in range(1000):
+        event = {
+            "event": "participant_joined",
+            "id": f"EV_adversarial{n}",
+            "room": {"name": "room-1", "sid": "RM_adversarial"},
+            "participant": {"identity": "alice", "sid": "PA_adversarial"},
+            "createdAt": str(NOW),
+        }
+        body = json.dumps(event, separators=(",", ":")).encode("ascii")
+        if "+" in body_sha256(body) or "/" in body_sha256(body):
+            return event, body
+    raise AssertionError("no event body with + or / in its digest")
+
+
+EVENT, BODY = _event_body()
+OTHER_BODY = BODY.replace(b"participant_joined", b"participant_left")
+HS256 = {"alg": "HS256", "typ": "JWT"}
+DROP = object()
+
+
+def claims(**changes) -> dict:
+    """A webhook token's payload as LiveKit writes it, with `changes` (DROP removes a claim)."""
+    payload = {"video": {}, "iss": KEY, "nbf": NOW - 5, "exp": NOW + 300, "sha256": body_sha256(BODY)}
+    payload.update(changes)
+    return {name: value for name, value in payload.items() if value is not DROP}
+
+
+def forge(
+    header: object = HS256,
+    payload: object = None,
+    *,
+    secret: str = SECRET,
+    digest: Callable = hashlib.sha256,
+    signature: Optional[str] = None,
+) -> str:
+    """A JWT signed as told. `header`/`payload` are dicts or exact bytes."""
+    segments = []
+    for part in (header, claims() if payload is None else payload):
+        raw = part if type(part) is bytes else json.dumps(part, separators=(",", ":")).encode("utf-8")
+        segments.append(b64url(raw))
+    signing_input = ".".join(segments)
+    if signature is None:
+        signature = b64url(hmac.new(secret.encode("utf-8"), signing_input.encode("ascii"), digest).digest())
+    return f"{signing_input}.{signature}"
+
+
+def signed(**changes) -> str:
+    """A correctly signed token whose payload has `changes`."""
+    return forge(payload=claims(**changes))
+
+
+def unsigned(header: dict) -> str:
+    return forge(header, signature="")
+
+
+def webhook_request(authorization: Optional[str], path: str = "/webhook", body: bytes = BODY) -> bytes:
+    headers = [HOST, ("Content-Type", "application/webhook+json"), ("Content-Length", str(len(body)))]
+    if authorization is not None:
+        headers.append(("Authorization", authorization))
+    return build("POST", path, headers, body)
+
+
+def minted(live: Running, standard: bool = False) -> str:
+    """A token handed out by this very server's /token, fetched over the socket."""
+    if standard:
+        (response,) = live.ask(post("/token", b'{"room_name":"room-1","participant_identity":"mallory"}'))
+        assert response.status == 201
+        return response.json()["participant_token"]
+    (response,) = live.ask(token_request("mallory"))
+    assert response.status == 200
+    return response.json()["token"]
+
+
+def _sha256_hex() -> str:
+    return hashlib.sha256(BODY).hexdigest()
+
+
+BAD_SIGNATURE = "token signature does not match"
+ALG = "token alg must be HS256"
+EXTENSION = "token header uses an unsupported extension"
+EXPIRED = "token has expired"
+WRONG_ISSUER = "token issuer is not the API key that signed it"
+NO_SHA256 = "token has no sha256 claim: not a webhook token"
+SHA256_FORMAT = "sha256 claim is not padded standard base64 of 32 bytes"
+MISMATCH = "body does not match the signed sha256"
+SEGMENTS = "token must have three dot-separated segments"
+
+# (authorization from the running server, or None for no header; the exact 401 errorMessage)
+FORGED = [
+    # alg "none" and friends: no MAC, or a MAC the header disowns
+    pytest.param(lambda live: unsigned({"alg": "none", "typ": "JWT"}), BAD_SIGNATURE, id="alg-none-empty-signature"),
+    pytest.param(lambda live: unsigned({"alg": "None"}), BAD_SIGNATURE, id="alg-None-empty-signature"),
+    pytest.param(lambda live: unsigned({"alg": "NONE"}), BAD_SIGNATURE, id="alg-NONE-empty-signature"),
+    pytest.param(lambda live: unsigned({"alg": "none"})[:-1], SEGMENTS, id="alg-none-two-segments"),
+    pytest.param(lambda live: forge({"alg": "none"}), ALG, id="alg-none-with-valid-mac"),
+    pytest.param(lambda live: forge({"alg": "hs256", "typ": "JWT"}), ALG, id="alg-hs256-lower-case"),
+    pytest.param(lambda live: forge({"alg": "HS512"}, digest=hashlib.sha512), BAD_SIGNATURE, id="alg-HS512-mac"),
+    pytest.param(lambda live: forge({"alg": "HS512"}), ALG, id="alg-HS512-with-hs256-mac"),
+    pytest.param(lambda live: forge({"alg": "RS256", "typ": "JWT"}), ALG, id="alg-RS256-with-hs256-mac"),
+    pytest.param(lambda live: forge({"typ": "JWT"}), ALG, id="alg-missing"),
+    pytest.param(lambda live: forge({"alg": ["HS256"]}), ALG, id="alg-list"),
+    pytest.param(lambda live: forge(secret=KEY), BAD_SIGNATURE, id="mac-keyed-with-the-api-key"),
+    pytest.param(lambda live: forge(secret=SECRET + "x"), BAD_SIGNATURE, id="different-secret"),
+    pytest.param(lambda live: forge(secret="secret"), BAD_SIGNATURE, id="livekit-dev-secret"),
+    # Header extensions and shape
+    pytest.param(lambda live: forge({"alg": "HS256", "crit": ["exp"], "exp": NOW}), EXTENSION, id="crit"),
+    pytest.param(lambda live: forge({"alg": "HS256", "crit": []}), EXTENSION, id="crit-empty"),
+    pytest.param(lambda live: forge({"alg": "HS256", "b64": False, "crit": ["b64"]}), EXTENSION, id="b64-false"),
+    pytest.param(lambda live: forge({"alg": "HS256", "kid": 1}), "token kid must be a string", id="kid-int"),
+    pytest.param(
+        lambda live: forge(b'{"alg":"HS256","alg":"none"}'),
+        "token header is not a JSON object",
+        id="header-duplicate-alg",
+    ),
+    pytest.param(lambda live: forge(b'["HS256"]'), "token header is not a JSON object", id="header-array"),
+    # Time claims
+    pytest.param(lambda live: signed(exp=NOW - LEEWAY - 1), EXPIRED, id="exp-61s-ago"),
+    pytest.param(lambda live: signed(exp=NOW - LEEWAY), EXPIRED, id="exp-at-leeway-edge"),
+    pytest.param(lambda live: signed(exp=NOW - 86400, nbf=NOW - 86400 - 300), EXPIRED, id="exp-day-ago"),
+    pytest.param(
+        lambda live: signed(nbf=NOW + LEEWAY + 1), "token is not valid yet (nbf)", id="nbf-61s-ahead"
+    ),
+    pytest.param(
+        lambda live: signed(iat=NOW + 3600), "token is not valid yet (iat)", id="iat-hour-ahead"
+    ),
+    pytest.param(lambda live: signed(exp=DROP), "token has no exp claim", id="exp-missing"),
+    pytest.param(lambda live: signed(exp=str(NOW + 300)), "exp claim must be an integer", id="exp-string"),
+    pytest.param(lambda live: signed(exp=NOW + 300.0), "exp claim must be an integer", id="exp-float"),
+    pytest.param(lambda live: signed(exp=True), "exp claim must be an integer", id="exp-true"),
+    pytest.param(lambda live: signed(exp=None), "exp claim must be an integer", id="exp-null"),
+    pytest.param(lambda live: signed(aud="livekit"), "token has an aud claim", id="aud"),
+    pytest.param(
+        lambda live: forge(payload=b'{"iss":"%s","exp":1,"exp":%d}' % (KEY.encode(), NOW + 300)),
+        "token payload is not a JSON object",
+        id="payload-duplicate-exp",
+    ),
+    pytest.param(
+        lambda live: forge(payload=b'{"iss":"%s","exp":NaN}' % KEY.encode()),
+        "token payload is not a JSON object",
+        id="payload-nan",
+    ),
+    # Issuer
+    pytest.param(lambda live: signed(iss=KEY[:-1]), WRONG_ISSUER, id="iss-prefix-of-key"),
+    pytest.param(lambda live: signed(iss=KEY[1:]), WRONG_ISSUER, id="iss-suffix-of-key"),
+    pytest.param(lambda live: signed(iss=KEY + "x"), WRONG_ISSUER, id="iss-key-plus-suffix"),
+    pytest.param(lambda live: signed(iss="x" + KEY), WRONG_ISSUER, id="iss-prefix-plus-key"),
+    pytest.param(lambda live: signed(iss=KEY.upper()), WRONG_ISSUER, id="iss-upper-case"),
+    pytest.param(lambda live: signed(iss=KEY + " "), WRONG_ISSUER, id="iss-trailing-space"),
+    pytest.param(lambda live: signed(iss=""), WRONG_ISSUER, id="iss-empty"),
+    pytest.param(lambda live: signed(iss=DROP), WRONG_ISSUER, id="iss-missing"),
+    pytest.param(lambda live: signed(iss=[KEY]), WRONG_ISSUER, id="iss-list"),
+    # The body's hash
+    pytest.param(lambda live: signed(sha256=DROP), NO_SHA256, id="sha256-missing"),
+    pytest.param(lambda live: signed(sha256=""), NO_SHA256, id="sha256-empty"),
+    pytest.param(lambda live: signed(sha256=body_sha256(OTHER_BODY)), MISMATCH, id="sha256-other-body"),
+    pytest.param(lambda live: signed(sha256=body_sha256(b"")), MISMATCH, id="sha256-empty-body"),
+    pytest.param(lambda live: signed(sha256=body_sha256(BODY + b"\n")), MISMATCH, id="sha256-body-plus-lf"),
+    pytest.param(lambda live: signed(sha256=_sha256_hex()), SHA256_FORMAT, id="sha256-hex"),
+    pytest.param(
+        lambda live: signed(sha256=b64url(hashlib.sha256(BODY).digest()) + "="),
+        SHA256_FORMAT,
+        id="sha256-url-safe",
+    ),
+    pytest.param(lambda live: signed(sha256=body_sha256(BODY)[:-1]), SHA256_FORMAT, id="sha256-unpadded"),
+    pytest.param(lambda live: signed(sha256=body_sha256(BODY) + "\n"), SHA256_FORMAT, id="sha256-plus-lf"),
+    pytest.param(lambda live: signed(sha256=1), "sha256 claim must be a string", id="sha256-int"),
+    # The signature segment and the segment count
+    pytest.param(lambda live: forge().rpartition(".")[0] + ".", BAD_SIGNATURE, id="signature-stripped"),
+    pytest.param(lambda live: forge().rpartition(".")[0], SEGMENTS, id="signature-segment-removed"),
+    pytest.param(
+        lambda live: forge() + "=", "token signature is not canonical unpadded base64url", id="signature-padded"
+    ),
+    pytest.param(lambda live: forge() + ".AAAAAAAAAAAA", SEGMENTS, id="four-segments"),
+    pytest.param(lambda live: forge() + "..", SEGMENTS, id="five-segments"),
+    pytest.param(lambda live: "Basic " + base64.b64encode(b"user:pass").decode(), SEGMENTS, id="basic-auth"),
+    pytest.param(
+        lambda live: forge()[:-1] + "\xe9", "token signature is not canonical unpadded base64url", id="latin-1-byte"
+    ),
+    # A real access token from this server is no webhook token
+    pytest.param(lambda live: minted(live), NO_SHA256, id="minted-by-token-endpoint"),
+    pytest.param(lambda live: "Bearer " + minted(live), NO_SHA256, id="minted-with-bearer"),
+    pytest.param(lambda live: minted(live, standard=True), NO_SHA256, id="minted-standard-shape"),
+    pytest.param(lambda live: None, "Authorization header is required", id="authorization-missing"),
+]
+
+WEBHOOK_PATHS = ("/webhook", "/livekit/webhook")
+
+
+@pytest.mark.parametrize("authorization, message", FORGED)
+def test_forged_webhook_is_401_and_never_handled(start_server, authorization, message):
+    calls: list = []
+    live = start_server(on_event=calls.append)
+    forged = authorization(live)
+    for path in WEBHOOK_PATHS:
+        (response,) = live.ask(webhook_request(forged, path))
+        assert response.error == (401, message), path
+    assert calls == []
+    # Then the real thing, with the very same body, is taken once.
+    for path in WEBHOOK_PATHS:
+        (response,) = live.ask(webhook_request(forge(), path))
+        assert (response.status, response.json()) == (200, {"status": "ok"})
+    assert calls == [EVENT]
+
+
+@pytest.mark.parametrize("first_is_forged", [True, False], ids=["forged-first", "forged-second"])
+def test_two_authorization_headers_on_a_webhook_are_refused(start_server, first_is_forged):
+    calls: list = []
+    live = start_server(on_event=calls.append)
+    pair = [("Authorization", unsigned({"alg": "none"})), ("Authorization", forge())]
+    if not first_is_forged:
+        pair.reverse()
+    headers = [HOST, ("Content-Type", "application/webhook+json"), ("Content-Length", str(len(BODY))), *pair]
+    (response,) = live.ask(build("POST", "/webhook", headers, BODY))
+    assert response.error == (400, REPEATED)
+    assert calls == []
+
+
+ACCEPTED_WEBHOOKS = [
+    pytest.param(lambda: forge(), id="as-livekit-signs"),
+    pytest.param(lambda: "Bearer " + forge(), id="bearer-prefix"),
+    pytest.param(lambda: "bearer " + forge(), id="bearer-lower-case"),
+    pytest.param(lambda: signed(exp=NOW - LEEWAY + 1), id="exp-inside-leeway"),
+    pytest.param(lambda: signed(nbf=NOW + LEEWAY), id="nbf-at-leeway-edge"),
+    pytest.param(lambda: signed(video=DROP, nbf=DROP), id="minimal-claims"),
+]
+
+
+@pytest.mark.parametrize("authorization", ACCEPTED_WEBHOOKS)
+def test_genuine_webhook_variants_are_accepted(start_server, authorization):
+    calls: list = []
+    live = start_server(on_event=calls.append)
+    (response,) = live.ask(webhook_request(authorization(), "/livekit/webhook"))
+    assert (response.status, response.json()) == (200, {"status": "ok"})
+    assert calls == [EVENT]
+
+
+def test_forged_webhooks_on_one_keep_alive_connection_never_reach_the_handler(start_server):
+    calls: list = []
+    live = start_server(on_event=calls.append)
+    forgeries = [forged for forged in (param.values[0](live) for param in FORGED) if forged is not None]
+    with live.connect() as sock:
+        rest = b""
+        for index, forged in enumerate(forgeries):
+            sock.sendall(webhook_request(forged, WEBHOOK_PATHS[index % 2]))
+            response, rest = read_response(sock, rest)
+            assert response.status == 401 and response.values("connection") == []
+        sock.sendall(webhook_request(forge()))
+        response, rest = read_response(sock, rest)
+        assert response.status == 200
+    assert calls == [EVENT]
+
+
+# --------------------------------------------------------------------------
+# 4. Slow and stalled clients
+
+
+class Stallers:
+    """Slowloris connections (one head byte every 0.2 s) and idle ones, driven by one thread.
+
+    Records for each connection what it received and when the server answered or closed.
+    """
+
+    def __init__(self, live: Running, slow: int, idle: int, limit: float = 4.0) -> None:
+        self.socks = [live.connect() for _ in range(slow + idle)]
+        self.slow = self.socks[:slow]
+        self.data = {sock: b"" for sock in self.socks}
+        self.ended: dict = {}  # sock -> seconds from start to answer or close
+        self.limit = limit
+        self.started = time.monotonic()
+        for sock in self.slow:
+            sock.sendall(b"POST /token HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        for sock in self.socks:
+            selector.register(sock, selectors.EVENT_READ)
+        next_byte = self.started + 0.2
+        while len(self.ended) < len(self.socks) and time.monotonic() - self.started < self.limit:
+            for key, _ in selector.select(timeout=max(next_byte - time.monotonic(), 0)):
+                sock = key.fileobj
+                try:
+                    chunk = sock.recv(65536)
+                except OSError as err:
+                    chunk = b""
+                    self.data[sock] += f"<{type(err).__name__}>".encode()
+                self.data[sock] += chunk
+                if not chunk or b"\r\n\r\n" in self.data[sock]:
+                    self.ended[sock] = time.monotonic() - self.started
+                    selector.unregister(sock)
+            if time.monotonic() >= next_byte:
+                next_byte += 0.2
+                for sock in self.slow:
+                    if sock not in self.ended:
+                        try:
+                            sock.sendall(b"a")
+                        except OSError:
+                            pass
+        selector.close()
+
+    def pending(self) -> int:
+        return len(self.socks) - len(self.ended)
+
+    def finish(self) -> None:
+        self.thread.join(self.limit + TIMEOUT)
+        assert not self.thread.is_alive()
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close()
+
+
+def _ten_prompt_tokens(live: Running) -> list:
+    """Ten token requests in a row on one keep-alive connection: (status, seconds) each.
+
+    One connection, as a browser keeps it: a client that closes and reconnects
+    at once can find its old connection not yet reaped and counted as busy.
+    """
+    results, rest, sock = [], b"", None
+    try:
+        for n in range(10):
+            started = time.monotonic()
+            if sock is None:
+                sock, rest = live.connect(), b""
+            sock.sendall(token_request(f"prompt{n}"))
+            response, rest = read_response(sock, rest)
+            results.append((response.status, round(time.monotonic() - started, 3)))
+            if response.values("connection") == ["close"]:  # a 503: try again on a new connection
+                sock.close()
+                sock = None
+    finally:
+        if sock is not None:
+            sock.close()
+    return results
+
+
+def test_slowloris_and_idle_connections_do_not_delay_a_normal_client(start_server):
+    # Seven of eight slots held by stalled clients: the eighth serves a normal client.
+    live = start_server(max_connections=8, request_timeout=1.0, idle_timeout=1.0)
+    stallers = Stallers(live, slow=6, idle=1)
+    try:
+        assert wait_for(lambda: live.open_connections() == 7)
+        results = _ten_prompt_tokens(live)
+        assert stallers.pending() == 7  # all still stalled while the ten were served
+        assert all(status == 200 and seconds < 0.5 for status, seconds in results), results
+        stallers.finish()
+    finally:
+        stallers.close()
+    for sock in stallers.slow:
+        parsed = parse_response(stallers.data[sock])
+        assert parsed is not None, stallers.data[sock]
+        response, rest = parsed
+        assert response.error == (408, "Request timed out") and rest == b""
+        assert 0.8 <= stallers.ended[sock] <= 1.8, stallers.ended[sock]  # one deadline for the head
+    for sock in stallers.socks[len(stallers.slow) :]:
+        assert stallers.data[sock] == b""  # an idle connection is closed without an answer
+        assert 0.8 <= stallers.ended[sock] <= 1.8, stallers.ended[sock]
+    assert wait_for(lambda: live.open_connections() == 0)
+    assert live.healthy()
+
+
+def test_six_slowloris_and_two_idle_connections_do_not_lock_out_a_normal_client(start_server):
+    live = start_server(max_connections=8, request_timeout=1.0, idle_timeout=1.0)
+    stallers = Stallers(live, slow=6, idle=2)
+    try:
+        assert wait_for(lambda: live.open_connections() == 8)
+        results = _ten_prompt_tokens(live)
+        assert all(status == 200 and seconds < 0.5 for status, seconds in results), results
+    finally:
+        stallers.finish()
+        stallers.close()
+
+
+# --------------------------------------------------------------------------
+# 5. A bounded burst of 500 concurrent connections
+
+BURST = 500
+
+
+def _raise_fd_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            pytest.skip(f"needs {needed} file descriptors; the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+def burst(address: tuple, requests: list, deadline: float) -> list:
+    """Connect all at once, send each request, read each answer with a selector.
+
+    Returns one outcome per request: a Response, or a string naming what went wrong.
+    """
+    selector = selectors.DefaultSelector()
+    outcomes: list = [None] * len(requests)
+    pending = {}
+    try:
+        for index, request in enumerate(requests):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.connect_ex(address)
+            pending[sock] = [index, request, b""]
+            selector.register(sock, selectors.EVENT_WRITE)
+        while pending and time.monotonic() < deadline:
+            for key, events in selector.select(timeout=max(deadline - time.monotonic(), 0.01)):
+                sock = key.fileobj
+                state = pending[sock]
+                try:
+                    if events & selectors.EVENT_WRITE:
+                        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                        if error:
+                            raise OSError(error, "connect failed")
+                        sent = sock.send(state[1])
+                        state[1] = state[1][sent:]
+                        if not state[1]:
+                            selector.modify(sock, selectors.EVENT_READ)
+                        continue
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        outcome = f"closed before a whole answer: {state[2][:100]!r}"
+                    else:
+                        state[2] += chunk
+                        parsed = parse_response(state[2])
+                        if parsed is None:
+                            continue
+                        outcome = parsed[0]
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as err:
+                    outcome = f"{type(err).__name__}: {err}"
+                outcomes[state[0]] = outcome
+                selector.unregister(sock)
+                sock.close()
+                del pending[sock]
+        for sock, state in pending.items():
+            outcomes[state[0]] = f"hung: {state[2][:100]!r}"
+    finally:
+        for sock in pending:
+            selector.unregister(sock)
+            sock.close()
+        selector.close()
+    return outcomes
+
+
+def test_burst_of_500_connections_each_gets_an_answer(start_server):
+    _raise_fd_limit(4 * BURST)
+    live = start_server(request_timeout=10.0, idle_timeout=10.0)  # max_connections 64, rate limit off
+    requests = [token_request(f"burst{n}") for n in range(BURST)]
+    started = time.monotonic()
+    outcomes = burst(live.address, requests, started + 20.0)
+    elapsed = time.monotonic() - started
+    problems = [outcome for outcome in outcomes if not isinstance(outcome, Response)]
+    assert problems == [], problems[:5]
+    counts: dict = {}
+    for response in outcomes:
+        counts[response.status] = counts.get(response.status, 0) + 1
+        if response.status == 200:
+            assert set(response.json()) == {"token"}
+        else:
+            assert response.error == (503, "Server is busy; try again"), response.raw
+            assert response.values("retry-after") == ["1"]
+            assert response.values("connection") == ["close"]
+    print(f"burst of {BURST}: {counts} in {elapsed:.2f} s")
+    assert set(counts) <= {200, 503} and counts.get(200, 0) > 0, counts
+    assert wait_for(lambda: live.open_connections() == 0)
+    assert live.healthy()
+
+
+# --------------------------------------------------------------------------
+# 6. Rate limiting over the socket
+
+TOO_MANY = (429, "Too many token requests; try again later")
+
+
+def test_rate_limit_allows_the_burst_then_429_until_the_clock_moves(start_server):
+    clock = Clock()
+    live = start_server(rate_per_minute=60, rate_burst=5, clock=clock)
+    with live.connect() as sock:
+        rest = b""
+        for n in range(5):
+            sock.sendall(token_request(f"user{n}"))
+            response, rest = read_response(sock, rest)
+            assert response.status == 200 and response.values("connection") == []
+        sock.sendall(token_request("user5"))
+        response, rest = read_response(sock, rest)
+        assert response.error == TOO_MANY
+        assert response.values("retry-after") == ["1"]  # one token a second at 60 a minute
+        assert "Retry-After" in response.values("access-control-expose-headers")[0]
+    # A client-written X-Forwarded-For is not believed (no trusted proxies): still limited.
+    (response,) = live.ask(token_request("spoof", [("X-Forwarded-For", "203.0.113.9")]))
+    assert response.error == TOO_MANY
+    assert live.healthy()  # other routes are not limited
+    clock.now += 1
+    answers = live.ask(token_request("later") + token_request("later2"), count=2)
+    assert [answers[0].status, answers[1].error] == [200, TOO_MANY]
+
+
+def test_keep_alive_connection_stays_usable_after_a_429(start_server):
+    live = start_server(rate_per_minute=60, rate_burst=1, clock=Clock())
+    with live.connect() as sock:
+        sock.sendall(token_request("first") + token_request("second"))
+        response, rest = read_response(sock)
+        assert response.status == 200
+        response, rest = read_response(sock, rest)
+        assert response.error == TOO_MANY
+        assert response.values("connection") == []
+        sock.sendall(HEALTHZ)
+        response, rest = read_response(sock, rest)
+        assert response.status == 200
+
+
+# --------------------------------------------------------------------------
+# 7. Webhook dedupe and handler failure
+
+
+def test_the_same_signed_event_twice_is_200_twice_and_handled_once(start_server):
+    calls: list = []
+    live = start_server(on_event=calls.append)
+    for authorization, path in (
+        (forge(), "/webhook"),
+        (forge(), "/webhook"),  # the same request again
+        (signed(nbf=NOW - 1, exp=NOW + 600), "/livekit/webhook"),  # a retry, signed anew
+    ):
+        (response,) = live.ask(webhook_request(authorization, path))
+        assert (response.status, response.json()) == (200, {"status": "ok"})
+    assert calls == [EVENT]
+    duplicates = [r.getMessage() for r in LOG_RECORDS if r.getMessage().startswith("webhook duplicate")]
+    assert f'webhook duplicate id="{EVENT["id"]}"' in duplicates
+
+
+def test_the_same_event_sent_concurrently_is_handled_once(start_server):
+    calls: list = []
+
+    def slow_handler(event: dict) -> None:
+        calls.append(event)
+        time.sleep(0.05)
+
+    live = start_server(on_event=slow_handler)
+    answers: list = []
+    gate = threading.Barrier(8, timeout=TIMEOUT)
+
+    def send(path: str) -> None:
+        with live.connect() as sock:
+            gate.wait()
+            sock.sendall(webhook_request(forge(), path))
+            answers.append(read_response(sock)[0])
+
+    threads = [threading.Thread(target=send, args=(WEBHOOK_PATHS[n % 2],), daemon=True) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert not any(thread.is_alive() for thread in threads)
+    assert [(r.status, r.json()) for r in answers] == [(200, {"status": "ok"})] * 8
+    assert calls == [EVENT]
+
+
+def test_handler_failure_is_500_then_the_retry_is_200(start_server):
+    calls: list = []
+
+    def flaky_handler(event: dict) -> None:
+        calls.append(event)
+        if len(calls) == 1:
+            raise RuntimeError("database down; the secret is " + SECRET)
+
+    live = start_server(on_event=flaky_handler)
+    first_log = len(LOG_RECORDS)
+    (response,) = live.ask(webhook_request(forge()))
+    assert response.error == (500, "Webhook handler failed")
+    (response,) = live.ask(webhook_request(forge(), "/livekit/webhook"))  # LiveKit retries after a 5xx
+    assert (response.status, response.json()) == (200, {"status": "ok"})
+    (response,) = live.ask(webhook_request(forge()))  # a late retry of the same event
+    assert (response.status, response.json()) == (200, {"status": "ok"})
+    assert calls == [EVENT, EVENT]
+    messages = [record.getMessage() for record in LOG_RECORDS[first_log:]]
+    assert "webhook handler failed: RuntimeError" in messages
+
+
+def test_events_without_an_id_are_not_deduplicated(start_server):
+    calls: list = []
+    live = start_server(on_event=calls.append)
+    event = {"event": "room_finished", "room": {"name": "room-1"}}
+    body = json.dumps(event).encode("ascii")
+    token = signed(sha256=body_sha256(body))
+    for _ in range(2):
+        (response,) = live.ask(webhook_request(token, body=body))
+        assert response.status == 200
+    assert calls == [event, event]
+
+
+# --------------------------------------------------------------------------
+# 8. Nothing secret anywhere
+
+
+def test_tokens_in_a_request_never_reach_the_log(live):
+    token = minted(live)
+    first_log = len(LOG_RECORDS)
+    for request in (
+        build("GET", "/" + token, [HOST]),
+        build("GET", "/healthz?token=" + token, [HOST]),
+        build("GET", f"/{token}/{token}", [HOST]),
+        build("GET", "/healthz", [HOST, ("Authorization", "Bearer " + token), ("X-Token", token)]),
+        post("/token?access_token=" + token, token_body()),
+        webhook_request(token),
+    ):
+        (response,) = live.ask(request)
+        assert token.encode() not in response.raw or _is_token_body(response.status, response.body)
+    assert wait_for(lambda: len(LOG_RECORDS) - first_log >= 6)
+    text = "\n".join(record.getMessage() for record in LOG_RECORDS[first_log:])
+    assert token not in text and not JWT_RE.search(text.encode())
+
+
+def test_zz_no_secret_jwt_or_traceback_in_any_log_line_or_answer():
+    """Runs last: everything the server logged and answered in this module."""
+    if not ANSWERS:
+        pytest.skip("no traffic in this run")
+    formatter = logging.Formatter("%(levelname)s %(name)s %(message)s")
+    for record in LOG_RECORDS:
+        line = formatter.format(record)
+        assert SECRET not in line, line
+        assert "Traceback" not in line, line
+        assert not JWT_RE.search(line.encode()), line
+        assert record.exc_info is None, line
+    for raw, token_body_ in ANSWERS:
+        assert SECRET.encode() not in raw, raw[:300]
+        assert b"Traceback" not in raw, raw[:300]
+        if not token_body_:
+            assert not JWT_RE.search(raw), raw[:300]
+    assert THREAD_CRASHES == [], [(crash.exc_type, crash.exc_value) for crash in THREAD_CRASHES]
+    assert LOG_RECORDS, "the server logged nothing: the log was not captured"
