@@ -60,15 +60,20 @@ _TYPE_CHECKS = {
 
 def _check_fields(grants: object) -> None:
     """Check each field's type exactly (True is not a str, 1 is not a bool); None only where Optional."""
-    for field in dataclasses.fields(grants):
-        value = getattr(grants, field.name)
-        kind = field.type
-        if kind.startswith("Optional["):
-            if value is None:
-                continue
-            kind = kind[len("Optional[") : -1]
-        if not _TYPE_CHECKS[kind](value):
-            raise ValueError(f"grant field {field.name} has the wrong type")
+    for name, check, optional in _FIELD_CHECKS[type(grants)]:
+        value = getattr(grants, name)
+        if not (value is None and optional or check(value)):
+            raise ValueError(f"grant field {name} has the wrong type")
+
+
+def _field_checks(cls: type) -> tuple:
+    """(name, check, optional) for each field, read once from the annotations."""
+    checks = []
+    for field in dataclasses.fields(cls):
+        optional = field.type.startswith("Optional[")
+        kind = field.type[len("Optional[") : -1] if optional else field.type
+        checks.append((field.name, _TYPE_CHECKS[kind], optional))
+    return tuple(checks)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -131,6 +136,9 @@ class SIPGrants:
     @classmethod
     def from_wire(cls, claim: dict) -> "SIPGrants":
         return cls(**{name: claim[name] for name in ("admin", "call") if name in claim})
+
+
+_FIELD_CHECKS = {cls: _field_checks(cls) for cls in (VideoGrants, SIPGrants)}
 
 
 def _require_str(value: object, what: str) -> str:

@@ -229,7 +229,7 @@ def start_server():
         )
         fields.update(overrides)
         settings = server.Settings(**fields)
-        srv = server.Server(server.make_app(settings, on_event=on_event, clock=lambda: NOW), settings)
+        srv = server.Server(server.make_app(settings, on_event=on_event, clock=lambda: NOW), settings, access_log=server.log.info)
         thread = threading.Thread(target=srv.serve_forever, name="serve_forever", daemon=True)
         thread.start()
         running = Running(srv, thread, tuple(srv.address))
@@ -807,11 +807,12 @@ def test_when_full_an_idle_keep_alive_connection_makes_room(start_server):
 
 def test_when_full_of_requests_in_progress_a_new_one_gets_503(start_server):
     live = start_server(request_timeout=10.0)
-    busy = [live.connect() for _ in range(4)]
+    busy = []
     try:
-        for sock in busy:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # a head that never ends
-        assert wait_for(lambda: live.open_connections() == 4)
+        for count in range(1, 5):
+            busy.append(live.connect())
+            busy[-1].sendall(b"GET /healthz HTTP/1.1\r\n")  # a head that never ends
+            assert wait_for(lambda: live.open_connections() == count and not any(live.server.connections.values()))
         with live.connect() as sock:
             sock.sendall(token_request())
             response, rest = read_response(sock)
@@ -832,12 +833,13 @@ def test_when_full_of_requests_in_progress_a_new_one_gets_503(start_server):
 
 def test_connections_beyond_twice_the_limit_wait_in_the_backlog(start_server):
     live = start_server(request_timeout=10.0)
-    held = [live.connect() for _ in range(8)]
+    held = []
     waiting = None
     try:
-        for sock in held:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # busy, not idle: none can make room
-        assert wait_for(lambda: live.open_connections() == 8)
+        for count in range(1, 9):
+            held.append(live.connect())
+            held[-1].sendall(b"GET /healthz HTTP/1.1\r\n")  # busy, not idle: none can make room
+            assert wait_for(lambda: live.open_connections() == count and not any(live.server.connections.values()))
         threads = threading.active_count()
         waiting = live.connect()  # completes in the kernel's backlog
         waiting.sendall(HEALTHZ)
