@@ -10,6 +10,7 @@ runner below, which needs nothing but the standard library.
 from __future__ import annotations
 
 import argparse
+import bisect
 import collections
 import configparser
 import contextlib
@@ -43,7 +44,7 @@ from livekit_auth import (
     VideoGrants,
     WebhookReceiver,
 )
-from livekit_auth._strict import loads_object
+from livekit_auth._strict import dumps_compact, loads_object
 
 log = logging.getLogger("livekit_token_server")
 
@@ -136,6 +137,8 @@ _SETTINGS_SOURCES = (
     ("server", "idle_timeout", "SERVER_IDLE_TIMEOUT", "idle_timeout", _seconds),
     ("server", "request_timeout", "SERVER_REQUEST_TIMEOUT", "request_timeout", _seconds),
     ("server", "trusted_proxies", "SERVER_TRUSTED_PROXIES", "trusted_proxies", _networks),
+    ("server", "metrics", "SERVER_METRICS", "metrics", _flag),
+    ("server", "log_format", "SERVER_LOG_FORMAT", "log_format", _text),
     ("livekit", "url", "LIVEKIT_URL", "livekit_url", _text),
     ("livekit", "api_key", "LIVEKIT_API_KEY", "api_key", _text),
     ("livekit", "api_secret", "LIVEKIT_API_SECRET", "api_secret", _text),
@@ -192,6 +195,10 @@ class Settings:
     request_timeout: float = 10.0
     # Proxies whose X-Forwarded-For names the client (for rate limits and logs).
     trusted_proxies: tuple = ()
+    # GET /metrics, in Prometheus' text format.
+    metrics: bool = True
+    # "plain" lines, or "json": one JSON object a line, for log aggregators.
+    log_format: str = "plain"
     # Bearer secrets a /token request must present; none: /token is open.
     auth_secrets: frozenset = dataclasses.field(default=frozenset(), repr=False)
     token_ttl: int = 900
@@ -239,6 +246,8 @@ class Settings:
             re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", origin) for origin in self.allowed_origins
         ) or not self.allowed_origins:
             fail("allowed_origins", "takes * alone, or origins like https://app.example.com")
+        if self.log_format not in ("plain", "json"):
+            fail("log_format", "must be plain or json")
         if self.event_file and not os.path.isabs(self.event_file):
             fail("event_file", "must be an absolute path")
         if "" in self.auth_secrets:
@@ -323,6 +332,7 @@ _ROUTES = {
     "/webhook": ("POST",),
     "/livekit/webhook": ("POST",),
     "/healthz": ("GET", "HEAD"),
+    "/metrics": ("GET",),
 }
 
 
@@ -337,7 +347,7 @@ class HTTPError(Exception):
 
 
 def _json_body(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode("ascii")
+    return dumps_compact(value).encode("ascii")
 
 
 def _read_body(environ: dict, limit: int) -> bytes:
@@ -446,6 +456,73 @@ class KeyedLocks:
                     del self.locks[key]
 
 
+class Metrics:
+    """Counters and a latency histogram, written in Prometheus' text format (version 0.0.4).
+
+    Every label value comes from a small fixed set (statuses, routes, outcomes)
+    or from a verified LiveKit event name, so the series stay few.
+    """
+
+    BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counters: dict = collections.defaultdict(int)  # (name, labels) -> count
+        self.histograms: dict = {}  # route -> [count per bucket..., count, sum]
+
+    def count(self, name: str, **labels: str) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        with self.lock:
+            self.counters[key] += 1
+
+    def observe(self, route: str, seconds: float) -> None:
+        with self.lock:
+            # A count per bucket (the last one past the largest bound), then the count and the sum.
+            histogram = self.histograms.setdefault(route, [0] * (len(self.BUCKETS) + 3))
+            histogram[bisect.bisect_left(self.BUCKETS, seconds)] += 1
+            histogram[-2] += 1
+            histogram[-1] += seconds
+
+    def text(self) -> str:
+        prefix = "livekit_token_server_"
+        with self.lock:
+            counters = sorted(self.counters.items())
+            histograms = sorted((route, list(values)) for route, values in self.histograms.items())
+        lines = []
+        for name, help_text in _METRIC_HELP.items():
+            kind = "histogram" if name.endswith("_seconds") else "counter"
+            lines += [f"# HELP {prefix}{name} {help_text}", f"# TYPE {prefix}{name} {kind}"]
+            for (counted, labels), value in counters:
+                if counted == name:
+                    lines.append(f"{prefix}{name}{_labels(labels)} {value}")
+        name = f"{prefix}request_duration_seconds"
+        for route, values in histograms:
+            cumulative = 0
+            for bound, in_bucket in zip(self.BUCKETS + (math.inf,), values):
+                cumulative += in_bucket
+                le = "+Inf" if bound == math.inf else repr(bound)
+                lines.append(f"{name}_bucket{_labels((('route', route), ('le', le)))} {cumulative}")
+            lines.append(f"{name}_count{_labels((('route', route),))} {values[-2]}")
+            lines.append(f"{name}_sum{_labels((('route', route),))} {values[-1]!r}")
+        return "\n".join(lines) + "\n"
+
+
+_METRIC_HELP = {
+    "tokens_issued_total": "Tokens handed out by POST /token, by request shape.",
+    "token_refusals_total": "POST /token requests refused, by status.",
+    "webhooks_total": "POST /webhook requests, by event and outcome.",
+    "request_duration_seconds": "Time to answer a request in the application, by route.",
+}
+
+
+def _labels(pairs: tuple) -> str:
+    # Prometheus text format: label values escape backslash, double quote and newline.
+    def escape(value: str) -> str:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    return "{" + ",".join(f'{name}="{escape(value)}"' for name, value in pairs) + "}" if pairs else ""
+
+
 def _event_room(event: dict) -> str:
     """The room an event belongs to, for per-room ordering ("" when none)."""
     for field in ("room", "egressInfo", "ingressInfo"):
@@ -476,6 +553,8 @@ class Application:
         self.auth_digests = [hashlib.sha256(secret.encode("utf-8")).digest() for secret in settings.auth_secrets]
         self.limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst) if settings.rate_per_minute else None
         self.recent_events = RecentEvents(settings.dedupe_seconds)
+        self.metrics = Metrics() if settings.metrics else None
+        self.count = self.metrics.count if self.metrics is not None else lambda name, **labels: None
         self.room_locks = KeyedLocks()
         self.event_file_lock = threading.Lock()
         # The grants every token carries; room and identity are added per request.
@@ -535,9 +614,17 @@ class Application:
         return self.respond(environ, start_response, status, {"errorMessage": message}, extra)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        started = time.perf_counter()
         path = environ.get("PATH_INFO", "")
+        try:
+            return self.dispatch(environ, start_response, path)
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe(path if path in _ROUTES else "other", time.perf_counter() - started)
+
+    def dispatch(self, environ: dict, start_response: Callable, path: str) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "")
-        methods = _ROUTES.get(path)
+        methods = _ROUTES.get(path) if path != "/metrics" or self.metrics is not None else None
         try:
             if methods is None:
                 raise HTTPError(404, "Not found")
@@ -549,6 +636,11 @@ class Application:
                 status, value = self.token(environ)
             elif path == "/healthz":
                 status, value = 200, {"status": "ok"}
+            elif path == "/metrics":
+                body = self.metrics.text().encode("utf-8")
+                headers = [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"), ("Cache-Control", "no-store")]
+                start_response(_STATUS_TEXT[200], headers + [("Content-Length", str(len(body)))])
+                return [body]
             else:
                 status, value = self.webhook(environ)
             return self.respond(environ, start_response, status, value)
@@ -582,6 +674,15 @@ class Application:
     # ---- POST /token
 
     def token(self, environ: dict) -> tuple:
+        try:
+            status, value = self.issue_token(environ)
+        except HTTPError as err:
+            self.count("token_refusals_total", status=str(err.status))
+            raise
+        self.count("tokens_issued_total", shape="standard" if status == 201 else "openvidu")
+        return status, value
+
+    def issue_token(self, environ: dict) -> tuple:
         """Tell the two request shapes apart and answer in the one asked.
 
         A body with any of LiveKit's snake_case fields (room_name, participant_identity, ...)
@@ -683,6 +784,18 @@ class Application:
         event: events already accepted (by id) are answered 200 and not taken
         again. A room's events are taken one at a time, in the order they come.
         """
+        event_name = ""  # a label only once LiveKit's signature vouches for it
+        try:
+            event = self.verified_event(environ)
+            event_name = event["event"]
+            outcome = self.take_event(event)
+        except HTTPError as err:
+            self.count("webhooks_total", event=event_name, outcome=str(err.status))
+            raise
+        self.count("webhooks_total", event=event_name, outcome=outcome)
+        return 200, {"status": "ok"}
+
+    def verified_event(self, environ: dict) -> dict:
         authorization = environ.get("HTTP_AUTHORIZATION", "")
         if not authorization:
             raise HTTPError(401, "Authorization header is required")
@@ -693,19 +806,25 @@ class Application:
             raise HTTPError(400, str(err)) from None
         except LiveKitAuthError as err:
             raise HTTPError(401, str(err)) from None
+        return event
+
+    def take_event(self, event: dict) -> str:
+        """Store and handle a verified event once: "accepted", or "duplicate"."""
         event_id = event.get("id", "")
         with self.room_locks.hold(_event_room(event)):
             if event_id and self.recent_events.seen(event_id, self.clock()):
-                log.info("webhook duplicate id=%s", _log_text(event_id))
-                return 200, {"status": "ok"}
-            room = event.get("room", {})
-            participant = event.get("participant", {})
+                log.info("webhook duplicate id=%s", _log_text(event_id), extra={"fields": {"id": event_id}})
+                return "duplicate"
+            fields = {
+                "event": event["event"],
+                "id": event_id,
+                "room": event.get("room", {}).get("name", ""),
+                "participant": event.get("participant", {}).get("identity", ""),
+            }
             log.info(
                 "webhook event=%s id=%s room=%s participant=%s",
-                _log_text(event["event"]),
-                _log_text(event_id),
-                _log_text(room.get("name")),
-                _log_text(participant.get("identity")),
+                *(_log_text(value) for value in fields.values()),
+                extra={"fields": fields},
             )
             if self.settings.event_file:
                 self.store_event(event)
@@ -717,7 +836,7 @@ class Application:
                     raise HTTPError(500, "Webhook handler failed") from None
             if event_id:
                 self.recent_events.add(event_id, self.clock())
-        return 200, {"status": "ok"}
+        return "accepted"
 
     def store_event(self, event: dict) -> None:
         """Append the event as one JSON line, on disk (fsync) before the 200 is sent."""
@@ -969,6 +1088,24 @@ class _DateHeader:
         return self.line
 
 
+def access_message(fields: dict) -> str:
+    """An access line's text: client, method, path, status and duration."""
+    path = fields["path"] if fields["path"] in _ROUTES else json.dumps(fields["path"])
+    return f"{fields['client']} {fields['method']} {path} {fields['status']} {fields['duration_ms']:.1f}ms"
+
+
+def _json_line(now: float, level: str, message: str, fields: dict) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+    return json.dumps({"time": stamp, "level": level, "message": message, **fields})
+
+
+class _JSONFormatter(logging.Formatter):
+    """One JSON object a line, for log aggregators; fields passed as extra={"fields": ...} included."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _json_line(record.created, record.levelname, record.getMessage(), getattr(record, "fields", {}))
+
+
 class _AccessLog:
     """Access lines for standard error, in the logging format used elsewhere, written in batches.
 
@@ -980,19 +1117,24 @@ class _AccessLog:
 
     FLUSH_SECONDS = 0.2
 
-    def __init__(self) -> None:
+    def __init__(self, json_lines: bool = False) -> None:
+        self.json_lines = json_lines
         self.lines: collections.deque = collections.deque()  # append and popleft are thread-safe
         self.pending = threading.Event()
         self.second = -1
         self.stamp = ""
         threading.Thread(target=self.write_forever, name="access-log", daemon=True).start()
 
-    def __call__(self, message: str) -> None:
+    def __call__(self, fields: dict) -> None:
         now = time.time()
-        if int(now) != self.second:
-            self.stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-            self.second = int(now)
-        self.lines.append(f"{self.stamp},{int(now * 1000) % 1000:03d} INFO {message}\n")
+        if self.json_lines:
+            line = _json_line(now, "INFO", access_message(fields), fields)
+        else:
+            if int(now) != self.second:
+                self.stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+                self.second = int(now)
+            line = f"{self.stamp},{int(now * 1000) % 1000:03d} INFO {access_message(fields)}"
+        self.lines.append(line + "\n")
         self.pending.set()
 
     def write_forever(self) -> None:
@@ -1025,11 +1167,14 @@ class Server:
         settings: Settings,
         *,
         backlog: int = 1024,
-        access_log: Optional[Callable[[str], None]] = None,
+        access_log: Optional[Callable[[dict], None]] = None,
     ) -> None:
-        """`access_log(line)` takes one line per request; by default they go to standard error."""
+        """`access_log(fields)` takes each request's client, method, path, status and duration_ms.
+
+        By default, lines go to standard error in settings.log_format.
+        """
         self.app = app
-        self.stderr_log = None if access_log else _AccessLog()
+        self.stderr_log = None if access_log else _AccessLog(json_lines=settings.log_format == "json")
         self.access_log = access_log or self.stderr_log
         self.max_connections = settings.max_connections
         self.idle_timeout = settings.idle_timeout
@@ -1175,8 +1320,15 @@ class Server:
         out.extend(chunks)
         # One send per response: see the comment above the runner.
         sock.sendall(b"".join(out))
-        duration = (time.monotonic() - started) * 1000
-        self.access_log(f"{client} {method} {_loggable_path(target)} {status[:3]} {duration:.1f}ms")
+        self.access_log(
+            {
+                "client": client,
+                "method": method,
+                "path": _loggable_path(target),
+                "status": int(status[:3]),
+                "duration_ms": round((time.monotonic() - started) * 1000, 1),
+            }
+        )
         return keep_alive, unread
 
     def environ(self, method: str, target: str, version: str, headers: dict, client: str) -> dict:
@@ -1239,7 +1391,7 @@ def _loggable_path(target: str) -> str:
     path = target.partition("?")[0]
     if path in _ROUTES:
         return path
-    return json.dumps(path[:40] + ("..." if len(path) > 40 else ""))
+    return path[:40] + ("..." if len(path) > 40 else "")
 
 
 def _shutdown(sock: socket.socket, how: int) -> None:
@@ -1282,9 +1434,18 @@ def _settings_from_process() -> Settings:
     return load_settings(os.environ, args.config)
 
 
-def _configure_logging() -> None:
-    # A no-op where the host (a WSGI server, an embedding app) configured logging already.
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+def _configure_logging(log_format: str = "plain") -> None:
+    """Log to standard error, unless the host (a WSGI server, an embedding app) configured logging already."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(_JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
 
 
 def check_startup(settings: Settings) -> None:
@@ -1309,11 +1470,12 @@ def check_startup(settings: Settings) -> None:
 
 
 def main() -> int:
-    _configure_logging()
     try:
         settings = _settings_from_process()
+        _configure_logging(settings.log_format)
         check_startup(settings)
     except SettingsError as err:
+        _configure_logging()
         log.error("configuration error: %s", err)
         return 2
     try:
@@ -1347,8 +1509,8 @@ def __getattr__(name: str) -> Application:
     """
     if name != "application":
         raise AttributeError(name)
-    _configure_logging()
     settings = load_settings(os.environ)
+    _configure_logging(settings.log_format)
     check_startup(settings)
     return make_app(settings)
 

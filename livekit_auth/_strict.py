@@ -101,6 +101,9 @@ def loads_object(data: bytes) -> dict:
     return value
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def dumps_compact(value: object) -> str:
     """Serialize as PyJWT does (compact, ASCII), so tokens match the SDK's byte for byte."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return _COMPACT.encode(value)

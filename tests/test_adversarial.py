@@ -273,7 +273,7 @@ def start_server():
         )
         fields.update(overrides)
         settings = server.Settings(**fields)
-        srv = server.Server(server.make_app(settings, on_event=on_event, clock=clock), settings, access_log=server.log.info)
+        srv = server.Server(server.make_app(settings, on_event=on_event, clock=clock), settings, access_log=lambda fields: server.log.info(server.access_message(fields)))
         thread = threading.Thread(target=srv.serve_forever, name="serve_forever", daemon=True)
         thread.start()
         running = Running(srv, thread, tuple(srv.address))
