@@ -638,8 +638,10 @@ class Application:
                 status, value = 200, {"status": "ok"}
             elif path == "/metrics":
                 body = self.metrics.text().encode("utf-8")
-                headers = [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"), ("Cache-Control", "no-store")]
-                start_response(_STATUS_TEXT[200], headers + [("Content-Length", str(len(body)))])
+                # The common headers, but Prometheus' own content type.
+                headers = [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")] + self.common_headers[1:]
+                headers += self._cors_headers(environ) + [("Content-Length", str(len(body)))]
+                start_response(_STATUS_TEXT[200], headers)
                 return [body]
             else:
                 status, value = self.webhook(environ)

@@ -1,0 +1,285 @@
+"""The Dockerfile, checked without Docker: what the image holds is enough to serve.
+
+The Dockerfile is parsed (continuations and comments as Docker reads them);
+exactly the paths its COPY lines name are copied into an empty directory, and
+its CMD runs there with its ENV and configuration from the environment alone,
+as `docker run -e ...` would. Over real loopback sockets: /healthz, /token,
+a signed /webhook; the HEALTHCHECK command exits 0 against it and 1 once it
+has stopped; SIGTERM (`docker stop`) exits 0.
+
+Not checked here: that the base image exists and builds (no Docker engine on
+the test machine), nor the USER's permissions inside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import livekit_auth
+import server
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "containerkey"
+SECRET = "a-container-secret-of-32-chars-or-more"
+TIMEOUT = 5.0  # on every socket, and the longest any single wait may take
+
+
+def instructions(text: str) -> list:
+    """(INSTRUCTION, arguments) for each Dockerfile instruction, in order.
+
+    As Docker reads it: a line ending in a backslash continues on the next one,
+    and lines starting with # are comments, also inside a continuation.
+    """
+    result, pending = [], ""
+    for line in text.splitlines():
+        if line.lstrip().startswith("#") or (not pending and not line.strip()):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        keyword, _, arguments = (pending + line).strip().partition(" ")
+        result.append((keyword.upper(), arguments.strip()))
+        pending = ""
+    assert not pending, "the Dockerfile ends inside a continuation"
+    return result
+
+
+DOCKERFILE = instructions((ROOT / "Dockerfile").read_text(encoding="utf-8"))
+
+
+def only(keyword: str) -> str:
+    values = [arguments for name, arguments in DOCKERFILE if name == keyword]
+    assert len(values) == 1, (keyword, values)
+    return values[0]
+
+
+def exec_form(arguments: str) -> list:
+    """A JSON-array (exec form) command: shell form would put /bin/sh in between."""
+    assert arguments.startswith("["), f"not exec form: {arguments}"
+    command = json.loads(arguments)
+    assert command and all(type(part) is str for part in command)
+    return command
+
+
+def copied_paths() -> list:
+    """The sources of every COPY, as paths relative to the build context."""
+    sources = []
+    for name, arguments in DOCKERFILE:
+        if name == "COPY":
+            parts = json.loads(arguments) if arguments.startswith("[") else arguments.split()
+            assert not any(part.startswith("--") for part in parts), f"COPY flags not expected: {arguments}"
+            sources += [part.rstrip("/") for part in parts[:-1]]
+    return sources
+
+
+def image_env() -> dict:
+    """ENV's variables (the KEY=VALUE form, several a line)."""
+    env = {}
+    for name, arguments in DOCKERFILE:
+        if name == "ENV":
+            for pair in arguments.split():
+                key, equals, value = pair.partition("=")
+                assert equals, f"ENV must use KEY=VALUE: {arguments}"
+                env[key] = value
+    return env
+
+
+def in_image(command: list) -> list:
+    # The image's python3 is the test's Python here: the same code, another build.
+    assert command[0] == "python3", command
+    return [sys.executable, *command[1:]]
+
+
+def healthcheck_command() -> list:
+    words = only("HEALTHCHECK")
+    options = re.match(r"((?:--[a-z-]+=\S+\s+)*)CMD\s+(.*)", words, re.S)
+    assert options, words
+    return exec_form(options[2])
+
+
+# --------------------------------------------------------------------------
+# The Dockerfile's content
+
+
+def test_the_image_holds_only_the_server_and_the_library():
+    assert copied_paths() == ["server.py", "livekit_auth"]
+    assert not any(name == "ADD" for name, _ in DOCKERFILE)  # ADD can fetch URLs and unpack archives
+    # .dockerignore sends the build nothing else: everything is excluded,
+    # then exactly the copied paths come back.
+    rules = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert rules[0] == "*"
+    assert [rule[1:] for rule in rules if rule.startswith("!")] == copied_paths()
+
+
+def test_the_image_runs_as_a_non_root_user():
+    user = only("USER")
+    name, _, group = user.partition(":")
+    assert name not in ("", "root", "0"), user
+    assert group not in ("root", "0"), user
+    # USER is the last word on who runs CMD: nothing after it switches back.
+    names = [name for name, _ in DOCKERFILE]
+    assert names.index("USER") < names.index("CMD")
+
+
+def test_the_image_is_configured_by_the_environment_and_listens_on_the_default_port():
+    base = only("FROM")
+    assert re.fullmatch(r"python:3\.[0-9]+(\.[0-9]+)?-slim\S*", base), base
+    assert image_env() == {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+    defaults = server.load_settings({})
+    # Nothing sets SERVER_HOST in the image: its default, 0.0.0.0, is what a
+    # container needs to be reachable through a published port.
+    assert defaults.host == "0.0.0.0"
+    assert only("EXPOSE") == str(defaults.port)
+    command = exec_form(only("CMD"))
+    assert command[:1] == ["python3"] and command[-1] == "server.py"
+    assert {"-E", "-S"} <= set(command)  # no PYTHON* variables, no site-packages
+    assert "--config" not in command
+
+
+# --------------------------------------------------------------------------
+# The image's files, run as the image runs them
+
+
+class Container:
+    """The Dockerfile's CMD in a directory holding only what COPY copies."""
+
+    def __init__(self, workdir: Path, env: dict) -> None:
+        self.proc = subprocess.Popen(
+            in_image(exec_form(only("CMD"))),
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.lines: list = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line.decode("utf-8", "replace"))
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    def port(self) -> int:
+        """The port from the "listening on http://HOST:PORT" line (SERVER_PORT=0)."""
+        pattern = re.compile(r"listening on http://127\.0\.0\.1:([0-9]+)")
+        deadline = time.monotonic() + TIMEOUT
+        while not pattern.search(self.stderr) and self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        match = pattern.search(self.stderr)
+        assert match, self.stderr
+        return int(match[1])
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(TIMEOUT)
+        self.reader.join(TIMEOUT)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(TIMEOUT)
+        self.proc.stderr.close()
+
+
+def request(port: int, method: str, path: str, body: bytes = b"", headers: dict = None) -> tuple:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    try:
+        connection.request(method, path, body=body or None, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def signed_webhook(body: bytes) -> str:
+    digest = base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
+    return livekit_auth.AccessToken(KEY, SECRET).with_sha256(digest).to_jwt()
+
+
+@pytest.fixture
+def image_dir(tmp_path) -> Path:
+    workdir = tmp_path / "app"
+    workdir.mkdir()
+    for source in copied_paths():
+        path = ROOT / source
+        if path.is_dir():
+            shutil.copytree(path, workdir / source, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(path, workdir / source)
+    return workdir
+
+
+def test_the_image_files_serve_tokens_webhooks_and_the_health_check(image_dir):
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        **image_env(),
+        # As `docker run -e` would set them. SERVER_HOST only keeps this test
+        # on loopback; the image itself leaves it at 0.0.0.0.
+        "LIVEKIT_API_KEY": KEY,
+        "LIVEKIT_API_SECRET": SECRET,
+        "SERVER_HOST": "127.0.0.1",
+        "SERVER_PORT": "0",
+    }
+    container = Container(image_dir, env)
+    try:
+        port = container.port()
+        assert request(port, "GET", "/healthz") == (200, {"status": "ok"})
+
+        body = json.dumps({"roomName": "Test Room", "participantName": "Participant42"}).encode()
+        status, answer = request(port, "POST", "/token", body, {"Content-Type": "application/json"})
+        assert status == 200 and list(answer) == ["token"]
+        claims = livekit_auth.TokenVerifier(KEY, SECRET).verify(answer["token"])
+        assert (claims.identity, claims.video.room, claims.video.room_join) == ("Participant42", "Test Room", True)
+
+        event = b'{"event":"room_started","id":"EV_container","room":{"name":"Test Room"}}'
+        headers = {"Content-Type": "application/webhook+json", "Authorization": signed_webhook(event)}
+        assert request(port, "POST", "/webhook", event, headers) == (200, {"status": "ok"})
+        # One byte changed: the signature no longer covers the body.
+        tampered = event.replace(b"EV_container", b"EV_containes")
+        status, _ = request(port, "POST", "/webhook", tampered, headers)
+        assert status == 401
+
+        # HEALTHCHECK runs in the container's environment, where SERVER_PORT
+        # is what the server listens on.
+        check = in_image(healthcheck_command())
+        check_env = {"PATH": env["PATH"], **image_env(), "SERVER_PORT": str(port)}
+        result = subprocess.run(check, env=check_env, capture_output=True, text=True, timeout=TIMEOUT)
+        assert result.returncode == 0, result.stderr
+
+        assert container.stop() == 0
+        # Stopped: the same check now fails, with exit 1 (Docker's "unhealthy").
+        result = subprocess.run(check, env=check_env, capture_output=True, text=True, timeout=TIMEOUT)
+        assert result.returncode == 1, result.stderr
+    finally:
+        container.kill()
+    assert "shutting down" in container.stderr
+    assert "Traceback" not in container.stderr and SECRET not in container.stderr
+    # -B: the running code wrote no bytecode next to itself.
+    assert not list(image_dir.rglob("__pycache__"))
+    assert sorted(str(p.relative_to(image_dir)) for p in image_dir.rglob("*.py")) == sorted(
+        ["server.py", *(f"livekit_auth/{p.name}" for p in (ROOT / "livekit_auth").glob("*.py"))]
+    )
