@@ -1,4 +1,5 @@
-"""Test helpers: the official SDK on a frozen clock, comparable claim views, input mutators.
+"""Test helpers: the official SDK on a frozen clock, comparable claim views, input mutators,
+and webhook Authorization values as LiveKit signs them.
 
 The SDK (livekit-api, with PyJWT) is imported here and in tests only, never by
 livekit_auth.
@@ -10,6 +11,7 @@ import dataclasses
 import datetime
 import random
 import types
+from typing import Optional
 
 import jwt.api_jwt
 from google.protobuf.json_format import MessageToDict
@@ -17,6 +19,7 @@ from livekit import api
 from livekit.api import access_token as sdk_access_token
 
 import livekit_auth as la
+from vectors import body_sha256
 
 
 def freeze_sdk_clock(monkeypatch, now: float) -> None:
@@ -42,6 +45,19 @@ def freeze_sdk_clock(monkeypatch, now: float) -> None:
             datetime=FrozenDatetime, timezone=datetime.timezone, timedelta=datetime.timedelta
         ),
     )
+
+
+def webhook_authorization(
+    key: str, secret: str, body: bytes, *, now: Optional[float] = None, ttl: Optional[int] = None
+) -> str:
+    """An Authorization value as LiveKit sends it with a webhook: a JWT whose sha256 claim is the body's hash.
+
+    `now` None mints at the real clock; `ttl` (seconds) None keeps AccessToken's default lifetime.
+    """
+    token = la.AccessToken(key, secret).with_sha256(body_sha256(body))
+    if ttl is not None:
+        token = token.with_ttl(datetime.timedelta(seconds=ttl))
+    return token.to_jwt(now=now)
 
 
 def _with_lists(grants: dict) -> dict:

@@ -16,7 +16,6 @@ that show a bug are marked xfail(strict=True) with the reason starting "BUG:".
 from __future__ import annotations
 
 import base64
-import dataclasses
 import email.utils
 import hashlib
 import hmac
@@ -33,11 +32,13 @@ from typing import Callable, Optional
 import pytest
 
 import server
+import support_http
+from support_http import TIMEOUT, Response, build, serve_in_thread, wait_for
+from vectors import b64url, body_sha256
 
 KEY = "adversarial-key"
 SECRET = "adversarial-secret-0123456789-abcdefghijklmnop"
 NOW = 1_760_000_000  # the app's clock, unless a test moves it
-TIMEOUT = 5.0  # on every socket, and the longest any single wait may take
 LEEWAY = 60  # livekit_auth.verification.DEFAULT_LEEWAY, in seconds
 # Three base64url segments of 10+ characters: a JWT, or near enough to be one.
 JWT_RE = re.compile(rb"[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}")
@@ -71,13 +72,8 @@ def record_everything():
 
 
 # --------------------------------------------------------------------------
-# Requests and answers
-
-
-def build(method: str, target: str, headers=(), body: bytes = b"", version: str = "HTTP/1.1") -> bytes:
-    lines = [f"{method} {target} {version}".encode("latin-1")]
-    lines += [f"{name}: {value}".encode("latin-1") for name, value in headers]
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+# Requests and answers: support_http builds and parses them; every answer
+# parsed here is also checked (check_answer) and kept in ANSWERS.
 
 
 HOST = ("Host", "adversarial.test")
@@ -97,27 +93,6 @@ def token_request(identity: str = "alice", headers=()) -> bytes:
     return post("/token", token_body(identity), headers)
 
 
-@dataclasses.dataclass
-class Response:
-    status: int
-    headers: list  # (lower-case name, value), in order
-    body: bytes
-    raw: bytes
-
-    def values(self, name: str) -> list:
-        return [value for key, value in self.headers if key == name]
-
-    def json(self) -> object:
-        return json.loads(self.body)
-
-    @property
-    def error(self) -> tuple:
-        """(status, errorMessage), for one-line assertions."""
-        body = self.json()
-        assert list(body) == ["errorMessage"], body
-        return self.status, body["errorMessage"]
-
-
 def _is_token_body(status: int, body: bytes) -> bool:
     if status not in (200, 201):
         return False
@@ -130,33 +105,15 @@ def _is_token_body(status: int, body: bytes) -> bool:
 
 def parse_response(data: bytes) -> Optional[tuple]:
     """(Response, bytes past it) once `data` holds a whole answer, else None."""
-    if b"\r\n\r\n" not in data:
-        assert len(data) < 64 * 1024, "answer head too long"
-        return None
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    version, status, _reason = lines[0].split(b" ", 2)
-    assert version == b"HTTP/1.1", lines[0]
-    headers = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        assert colon and re.fullmatch(rb"[A-Za-z0-9-]+", name), line
-        headers.append((name.decode("ascii").lower(), value.strip(b" ").decode("latin-1")))
-    response = Response(int(status), headers, b"", b"")
-    lengths = response.values("content-length")
-    if response.status == 204:
-        assert lengths == []
-        length = 0
-    else:
-        assert len(lengths) == 1, headers
-        length = int(lengths[0])
-    if len(rest) < length:
-        return None
-    response.body, rest = rest[:length], rest[length:]
-    response.raw = head + b"\r\n\r\n" + response.body
+    parsed = support_http.split_response(data)
+    if parsed is not None:
+        _seen(parsed[0])
+    return parsed
+
+
+def _seen(response: Response) -> None:
     ANSWERS.append((response.raw, _is_token_body(response.status, response.body)))
     check_answer(response)
-    return response, rest
 
 
 def check_answer(response: Response) -> None:
@@ -171,51 +128,26 @@ def check_answer(response: Response) -> None:
         assert list(body) == ["errorMessage"] and type(body["errorMessage"]) is str, body
 
 
-def _recv(sock: socket.socket, deadline: float) -> bytes:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise AssertionError("no answer in time")
-    sock.settimeout(remaining)
-    return sock.recv(65536)
-
-
 def read_response(sock: socket.socket, pending: bytes = b"") -> tuple:
     """(Response, bytes received past it). Fails on EOF or a timeout before a whole answer."""
-    deadline = time.monotonic() + TIMEOUT
-    data = pending
-    while True:
-        parsed = parse_response(data)
-        if parsed is not None:
-            return parsed
-        chunk = _recv(sock, deadline)
-        assert chunk, f"connection closed before a whole answer; got {data[:200]!r}"
-        data += chunk
+    response, rest = support_http.read_response(sock, pending)
+    _seen(response)
+    return response, rest
 
 
 def read_eof(sock: socket.socket, timeout: float = TIMEOUT) -> bytes:
-    """Whatever arrives before the server closes; a reset fails the test (ConnectionResetError)."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    while True:
-        chunk = _recv(sock, deadline)
-        if not chunk:
-            ANSWERS.append((data, False))
-            return data
-        data += chunk
+    """Whatever arrives before the server closes, kept in ANSWERS; a reset fails the test."""
+    data = support_http.read_eof(sock, timeout)
+    ANSWERS.append((data, False))
+    return data
 
 
 def expect_closed(sock: socket.socket, rest: bytes) -> None:
-    """Nothing more arrives after the answer, then a clean close (FIN, not a reset)."""
+    """Nothing more arrives after the answer, then a clean close (FIN, not a reset).
+
+    Not support_http's: what arrives goes through this module's read_eof, into ANSWERS.
+    """
     assert rest + read_eof(sock) == b""
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 class Clock:
@@ -228,14 +160,8 @@ class Clock:
         return self.now
 
 
-@dataclasses.dataclass
-class Running:
-    server: server.Server
-    thread: threading.Thread
-    address: tuple  # (host, port)
-
-    def connect(self) -> socket.socket:
-        return socket.create_connection(self.address, timeout=TIMEOUT)
+class Running(support_http.Running):
+    """support_http's Running, asked through this module's read_response (checked, kept in ANSWERS)."""
 
     def ask(self, raw: bytes, count: int = 1) -> list:
         """Send `raw` on a new connection and read `count` answers; the connection is then closed."""
@@ -250,10 +176,6 @@ class Running:
     def healthy(self) -> bool:
         (response,) = self.ask(HEALTHZ)
         return (response.status, response.json()) == (200, {"status": "ok"})
-
-    def open_connections(self) -> int:
-        with self.server.lock:
-            return len(self.server.connections)
 
 
 @pytest.fixture
@@ -273,18 +195,13 @@ def start_server():
         )
         fields.update(overrides)
         settings = server.Settings(**fields)
-        srv = server.Server(server.make_app(settings, on_event=on_event, clock=clock), settings, access_log=lambda fields: server.log.info(server.access_message(fields)))
-        thread = threading.Thread(target=srv.serve_forever, name="serve_forever", daemon=True)
-        thread.start()
-        running = Running(srv, thread, tuple(srv.address))
+        running = serve_in_thread(server.make_app(settings, on_event=on_event, clock=clock), settings, Running)
         started.append(running)
         return running
 
     yield start
     for running in started:
-        running.server.drain(grace=3)
-        running.thread.join(TIMEOUT)
-        assert not running.thread.is_alive(), "serve_forever did not return after drain()"
+        running.drain_and_join(grace=3)
 
 
 @pytest.fixture
@@ -643,15 +560,6 @@ def test_invalid_bytes_in_the_request_target_are_a_malformed_line(live, target):
 
 # --------------------------------------------------------------------------
 # 3. Forged webhooks
-
-
-def b64url(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def body_sha256(body: bytes) -> str:
-    """LiveKit's sha256 claim: standard, padded base64 of the body's SHA-256."""
-    return base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
 
 
 def _event_body() -> tuple:

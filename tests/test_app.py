@@ -7,24 +7,22 @@ no repeated header, and a Content-Length that matches the body.
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 import datetime
-import hashlib
 import io
 import json
 import re
 import sys
 import time
-import wsgiref.util
-import wsgiref.validate
 from pathlib import Path
 
 import pytest
 from livekit import api as sdk
 
 import livekit_auth
+from helpers import webhook_authorization
 from server import MAX_TOKEN_BODY_BYTES, MAX_WEBHOOK_BODY_BYTES, OPTIONAL_CLIENT_FIELDS, Settings, make_app
+from support_wsgi import Response, UnreadableInput, environ_for, run_app
+from vectors import body_sha256
 
 FIXED_NOW = 1735689600  # 2025-01-01T00:00:00Z, the vectors' clock
 API_KEY = "APItestkey"
@@ -60,36 +58,6 @@ def webhook_app(vector_name: str, events: list, **overrides):
     )
 
 
-@dataclasses.dataclass
-class Response:
-    status: int
-    headers: list
-    body: bytes
-
-    def header(self, name: str):
-        values = [value for key, value in self.headers if key.lower() == name.lower()]
-        return values[0] if values else None
-
-    def json(self):
-        return json.loads(self.body)
-
-
-class UnreadableInput:
-    """wsgi.input that fails the test if the app reads the body."""
-
-    def __init__(self) -> None:
-        self.touched = False
-
-    def read(self, *args):
-        self.touched = True
-        raise AssertionError("the body must not be read")
-
-    readline = readlines = read
-
-    def __iter__(self):
-        return self.read()
-
-
 AUTO = object()
 
 
@@ -106,17 +74,7 @@ def call(
     validate: bool = True,
 ) -> Response:
     """One request; `content_type`/`content_length` None leaves the header out."""
-    environ: dict = {}
-    wsgiref.util.setup_testing_defaults(environ)
-    environ.update(
-        {
-            "REQUEST_METHOD": method,
-            "SCRIPT_NAME": "",
-            "PATH_INFO": path,
-            "QUERY_STRING": "",
-            "wsgi.input": io.BytesIO(body) if wsgi_input is None else wsgi_input,
-        }
-    )
+    environ = environ_for(method, path, io.BytesIO(body) if wsgi_input is None else wsgi_input)
     if content_type is not None:
         environ["CONTENT_TYPE"] = content_type
     if content_length is AUTO:
@@ -125,21 +83,7 @@ def call(
         environ["CONTENT_LENGTH"] = content_length
     for name, value in (headers or {}).items():
         environ["HTTP_" + name.upper().replace("-", "_")] = value
-
-    started = []
-
-    def start_response(status, response_headers, exc_info=None):
-        started[:] = [status, response_headers]
-
-    wsgi_app = wsgiref.validate.validator(app) if validate else app
-    result = wsgi_app(environ, start_response)
-    try:
-        body_out = b"".join(result)
-    finally:
-        if hasattr(result, "close"):
-            result.close()
-    status_line, response_headers = started
-    response = Response(int(status_line[:3]), list(response_headers), body_out)
+    response = run_app(app, environ, validate=validate)
 
     # What holds for every answer.
     names = [name.lower() for name, _ in response.headers]
@@ -171,13 +115,8 @@ def verify_sdk(token: str):
     return sdk.TokenVerifier(API_KEY, API_SECRET).verify(token)
 
 
-def sha256_b64(body: bytes) -> str:
-    return base64.b64encode(hashlib.sha256(body).digest()).decode()
-
-
 def signed_webhook(body: bytes, now: float = FIXED_NOW, ttl: int = 300) -> str:
-    token = livekit_auth.AccessToken(API_KEY, API_SECRET).with_sha256(sha256_b64(body))
-    return token.with_ttl(datetime.timedelta(seconds=ttl)).to_jwt(now=now)
+    return webhook_authorization(API_KEY, API_SECRET, body, now=now, ttl=ttl)
 
 
 # --------------------------------------------------------------------------
@@ -836,7 +775,7 @@ def test_webhook_signed_by_us_is_accepted():
 def test_webhook_signed_by_the_sdk_is_accepted(path, prefix):
     events: list = []
     body = b'{"event":"participant_left","room":{"name":"Test Room"},"participant":{"identity":"p"},"id":"EV_2"}'
-    token = sdk.AccessToken(API_KEY, API_SECRET).with_sha256(sha256_b64(body))
+    token = sdk.AccessToken(API_KEY, API_SECRET).with_sha256(body_sha256(body))
     jwt = token.with_ttl(datetime.timedelta(minutes=5)).to_jwt()  # the SDK mints on the real clock
     app = app_for(clock=time.time, on_event=events.append)
     headers = {"Authorization": prefix + jwt}

@@ -13,29 +13,24 @@ the test machine), nor the USER's permissions inside it.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import http.client
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 import livekit_auth
 import server
+from helpers import webhook_authorization
+from support_http import TIMEOUT, LoggedProcess, http_request
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "containerkey"
 SECRET = "a-container-secret-of-32-chars-or-more"
-TIMEOUT = 5.0  # on every socket, and the longest any single wait may take
 
 
 def instructions(text: str) -> list:
@@ -158,66 +153,26 @@ def test_the_image_is_configured_by_the_environment_and_listens_on_the_default_p
 # The image's files, run as the image runs them
 
 
-class Container:
-    """The Dockerfile's CMD in a directory holding only what COPY copies."""
+class Container(LoggedProcess):
+    """The Dockerfile's CMD in a directory holding only what COPY copies.
+
+    port() reads the "listening on" line (SERVER_PORT=0); stop() is `docker stop`'s SIGTERM.
+    """
 
     def __init__(self, workdir: Path, env: dict) -> None:
-        self.proc = subprocess.Popen(
-            in_image(exec_form(only("CMD"))),
-            cwd=workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        self.lines: list = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
+        super().__init__(in_image(exec_form(only("CMD"))), cwd=workdir, env=env)
 
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.append(line.decode("utf-8", "replace"))
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.lines)
-
-    def port(self) -> int:
-        """The port from the "listening on http://HOST:PORT" line (SERVER_PORT=0)."""
-        pattern = re.compile(r"listening on http://127\.0\.0\.1:([0-9]+)")
-        deadline = time.monotonic() + TIMEOUT
-        while not pattern.search(self.stderr) and self.proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        match = pattern.search(self.stderr)
-        assert match, self.stderr
-        return int(match[1])
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(TIMEOUT)
-        self.reader.join(TIMEOUT)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(TIMEOUT)
-        self.proc.stderr.close()
+    stderr = LoggedProcess.output  # server.py logs to stderr alone
 
 
 def request(port: int, method: str, path: str, body: bytes = b"", headers: dict = None) -> tuple:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-    try:
-        connection.request(method, path, body=body or None, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        connection.close()
+    """(status, JSON body): every answer here has one."""
+    status, _, data = http_request(port, method, path, body, headers)
+    return status, json.loads(data)
 
 
 def signed_webhook(body: bytes) -> str:
-    digest = base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
-    return livekit_auth.AccessToken(KEY, SECRET).with_sha256(digest).to_jwt()
+    return webhook_authorization(KEY, SECRET, body)
 
 
 @pytest.fixture

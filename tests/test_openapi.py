@@ -16,20 +16,16 @@ constraint silently ignored.
 
 from __future__ import annotations
 
-import base64
-import datetime
-import hashlib
 import io
 import json
 import re
-import wsgiref.util
-import wsgiref.validate
 from pathlib import Path
 
 import pytest
 
-import livekit_auth
+import helpers
 import server
+from support_wsgi import environ_for, run_app
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
 DOC = json.loads(DOC_PATH.read_text(encoding="utf-8"))
@@ -285,13 +281,8 @@ def all_example_objects():
 # Replaying examples
 
 
-def sha256_b64(body: bytes) -> str:
-    return base64.b64encode(hashlib.sha256(body).digest()).decode()
-
-
 def webhook_authorization(body: bytes) -> str:
-    token = livekit_auth.AccessToken(API_KEY, API_SECRET).with_sha256(sha256_b64(body))
-    return token.with_ttl(datetime.timedelta(minutes=5)).to_jwt(now=FIXED_NOW)
+    return helpers.webhook_authorization(API_KEY, API_SECRET, body, now=FIXED_NOW, ttl=5 * 60)
 
 
 # Where server.py does not do what the README and openapi.json say. Strict: once
@@ -365,17 +356,7 @@ REPLAYS = replays()
 
 def call(app, method: str, path: str, body, headers: dict) -> tuple:
     """One request through wsgiref's validator: (status, headers as (name, value) pairs, body)."""
-    environ: dict = {}
-    wsgiref.util.setup_testing_defaults(environ)
-    environ.update(
-        {
-            "REQUEST_METHOD": method,
-            "SCRIPT_NAME": "",
-            "PATH_INFO": path,
-            "QUERY_STRING": "",
-            "wsgi.input": io.BytesIO(body or b""),
-        }
-    )
+    environ = environ_for(method, path, io.BytesIO(body or b""))
     if body is not None:
         environ["CONTENT_LENGTH"] = str(len(body))
     for name, value in headers.items():
@@ -385,17 +366,8 @@ def call(app, method: str, path: str, body, headers: dict) -> tuple:
             environ.pop(key, None)
         else:
             environ[key] = value
-    started = []
-
-    def start_response(status, response_headers, exc_info=None):
-        started[:] = [status, response_headers]
-
-    result = wsgiref.validate.validator(app)(environ, start_response)
-    try:
-        body_out = b"".join(result)
-    finally:
-        result.close()
-    return int(started[0][:3]), list(started[1]), body_out
+    response = run_app(app, environ)
+    return response.status, response.headers, response.body
 
 
 def app_for(cors: str):

@@ -10,23 +10,18 @@ validator, on an injected clock that the tests step: nothing here sleeps.
 from __future__ import annotations
 
 import base64
-import dataclasses
-import datetime
-import hashlib
 import io
 import ipaddress
 import json
 import logging
 import threading
-import wsgiref.util
-import wsgiref.validate
 from pathlib import Path
 
 import pytest
 from livekit import api as sdk
 
 import livekit_auth
-from helpers import freeze_sdk_clock
+from helpers import freeze_sdk_clock, webhook_authorization
 from server import (
     DEV_MODE_WARNING,
     RateLimiter,
@@ -37,6 +32,7 @@ from server import (
     load_settings,
     make_app,
 )
+from support_wsgi import Response, UnreadableInput, environ_for, run_app
 
 # The vectors' secret is LiveKit's 6-byte dev secret, which PyJWT warns about.
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
@@ -93,36 +89,6 @@ def app_for(clock=lambda: FIXED_NOW, on_event=None, **overrides):
     return make_app(settings(**overrides), clock=clock, on_event=on_event)
 
 
-@dataclasses.dataclass
-class Response:
-    status: int
-    headers: list
-    body: bytes
-
-    def header(self, name: str):
-        values = [value for key, value in self.headers if key.lower() == name.lower()]
-        return values[0] if values else None
-
-    def json(self):
-        return json.loads(self.body)
-
-
-class UnreadableInput:
-    """wsgi.input that records whether the app read the body."""
-
-    def __init__(self) -> None:
-        self.touched = False
-
-    def read(self, *args):
-        self.touched = True
-        raise AssertionError("the body must not be read")
-
-    readline = readlines = read
-
-    def __iter__(self):
-        return self.read()
-
-
 def call(
     app,
     method: str = "POST",
@@ -136,35 +102,17 @@ def call(
     wsgi_input=None,
 ) -> Response:
     """One request from `remote_addr`, under wsgiref's validator."""
-    environ: dict = {}
-    wsgiref.util.setup_testing_defaults(environ)
+    environ = environ_for(method, path, io.BytesIO(body) if wsgi_input is None else wsgi_input)
     environ.update(
         {
-            "REQUEST_METHOD": method,
-            "SCRIPT_NAME": "",
-            "PATH_INFO": path,
-            "QUERY_STRING": "",
             "REMOTE_ADDR": remote_addr,
             "CONTENT_TYPE": content_type,
             "CONTENT_LENGTH": str(len(body)) if content_length is None else content_length,
-            "wsgi.input": io.BytesIO(body) if wsgi_input is None else wsgi_input,
         }
     )
     for name, value in (headers or {}).items():
         environ["HTTP_" + name.upper().replace("-", "_")] = value
-
-    started = []
-
-    def start_response(status, response_headers, exc_info=None):
-        started[:] = [status, response_headers]
-
-    result = wsgiref.validate.validator(app)(environ, start_response)
-    try:
-        body_out = b"".join(result)
-    finally:
-        result.close()
-    status_line, response_headers = started
-    response = Response(int(status_line[:3]), list(response_headers), body_out)
+    response = run_app(app, environ)
     # No answer ever carries a secret of the server's.
     for secret in [app.settings.api_secret, *app.settings.auth_secrets, *[secret for _, secret in app.settings.webhook_keys]]:
         assert secret.encode() not in response.body
@@ -197,9 +145,7 @@ def event(event_id: str = "EV_1", room: str = "room-1", kind: str = "participant
 
 def signed(body: bytes, *, key: str = API_KEY, secret: str = API_SECRET, now: float = FIXED_NOW) -> str:
     """An Authorization value as LiveKit sends it: a JWT with the body's sha256, 5 minutes."""
-    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
-    token = livekit_auth.AccessToken(key, secret).with_sha256(digest)
-    return token.with_ttl(datetime.timedelta(seconds=300)).to_jwt(now=now)
+    return webhook_authorization(key, secret, body, now=now, ttl=300)
 
 
 def deliver(app, value: dict, *, key: str = API_KEY, secret: str = API_SECRET, path: str = "/webhook") -> Response:

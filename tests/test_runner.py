@@ -14,16 +14,12 @@ JWT, no traceback, and no exception escaping a server thread.
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 import email.utils
-import hashlib
 import http.client
 import json
 import logging
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -36,25 +32,32 @@ import pytest
 
 import livekit_auth
 import server
+import support_http
+from helpers import webhook_authorization
+from support_http import (
+    TIMEOUT,
+    LoggedProcess,
+    Response,
+    Running,
+    build,
+    expect_closed,
+    read_eof,
+    recv_before,
+    serve_in_thread,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "testkey"
 SECRET = "a-test-secret-of-at-least-32-chars!!"
 NOW = 1_750_000_000  # the app's clock: tokens are minted and verified at this instant
-TIMEOUT = 5.0  # on every socket, and the longest any single wait may take
 # Three base64url segments of 10+ characters: a JWT, or near enough to be one.
 JWT_RE = re.compile(r"[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}")
 ACCESS_LINE = re.compile(r"127\.0\.0\.1 (\S+) (\S+) ([0-9]{3}) [0-9]+\.[0-9]ms")
 
 
 # --------------------------------------------------------------------------
-# Building requests, reading answers
-
-
-def build(method: str, target: str, headers=(), body: bytes = b"", version: str = "HTTP/1.1") -> bytes:
-    lines = [f"{method} {target} {version}".encode("latin-1")]
-    lines += [f"{name}: {value}".encode("latin-1") for name, value in headers]
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+# Building requests, reading answers (support_http builds and parses; the checks are this module's)
 
 
 HOST = ("Host", "test")
@@ -72,60 +75,9 @@ def token_request(participant: str = "alice", room: str = "room-1", extra=()) ->
     return build("POST", "/token", headers, body)
 
 
-@dataclasses.dataclass
-class Response:
-    status: int
-    headers: list  # (lower-case name, value), in order
-    body: bytes
-    raw: bytes
-
-    def values(self, name: str) -> list:
-        return [value for key, value in self.headers if key == name]
-
-    def json(self) -> object:
-        return json.loads(self.body)
-
-
-def _recv(sock: socket.socket, deadline: float) -> bytes:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise AssertionError("no answer in time")
-    sock.settimeout(remaining)
-    return sock.recv(65536)
-
-
 def read_response(sock: socket.socket, pending: bytes = b"", *, head: bool = False) -> tuple:
-    """(Response, bytes received past it). Fails on EOF before a whole answer."""
-    deadline = time.monotonic() + TIMEOUT
-    data = pending
-    while b"\r\n\r\n" not in data:
-        assert len(data) < 64 * 1024, "answer head too long"
-        chunk = _recv(sock, deadline)
-        assert chunk, f"connection closed before a whole answer; got {data!r}"
-        data += chunk
-    head_bytes, _, rest = data.partition(b"\r\n\r\n")
-    lines = head_bytes.split(b"\r\n")
-    version, status, _reason = lines[0].split(b" ", 2)
-    assert version == b"HTTP/1.1"
-    headers = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        assert colon and re.fullmatch(rb"[A-Za-z0-9-]+", name), line
-        headers.append((name.decode("ascii").lower(), value.strip(b" ").decode("latin-1")))
-    response = Response(int(status), headers, b"", b"")
-    lengths = response.values("content-length")
-    if response.status == 204:
-        assert lengths == []
-        length = 0
-    else:
-        assert len(lengths) == 1, headers
-        length = 0 if head else int(lengths[0])
-    while len(rest) < length:
-        chunk = _recv(sock, deadline)
-        assert chunk, "connection closed inside the body"
-        rest += chunk
-    response.body, rest = rest[:length], rest[length:]
-    response.raw = head_bytes + b"\r\n\r\n" + response.body
+    """(Response, bytes received past it), checked by check_answer. Fails on EOF before a whole answer."""
+    response, rest = support_http.read_response(sock, pending, head=head)
     check_answer(response)
     return response, rest
 
@@ -146,22 +98,6 @@ def check_answer(response: Response) -> None:
         assert list(body) == ["errorMessage"] and type(body["errorMessage"]) is str
 
 
-def read_eof(sock: socket.socket, timeout: float = TIMEOUT) -> bytes:
-    """Whatever arrives before the server closes; a reset fails the test (ConnectionResetError)."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    while True:
-        chunk = _recv(sock, deadline)
-        if not chunk:
-            return data
-        data += chunk
-
-
-def expect_closed(sock: socket.socket, rest: bytes) -> None:
-    """Nothing more arrives after the answer, then a clean close (FIN, not a reset)."""
-    assert rest + read_eof(sock) == b""
-
-
 def identity_of(response: Response) -> str:
     token = response.json()["token"]
     verifier = livekit_auth.TokenVerifier(KEY, SECRET, clock=lambda: NOW)
@@ -170,20 +106,10 @@ def identity_of(response: Response) -> str:
     return claims.identity
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
-
-
 def webhook_request(extra=()) -> bytes:
     """A webhook as LiveKit sends it: the JWT's sha256 claim is the body's hash."""
     body = json.dumps({"event": "room_started", "id": "EV_1", "room": {"name": "room-1"}}).encode()
-    digest = base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
-    token = livekit_auth.AccessToken(KEY, SECRET).with_sha256(digest).to_jwt(now=NOW)
+    token = webhook_authorization(KEY, SECRET, body, now=NOW)
     headers = [
         HOST,
         ("Content-Type", "application/webhook+json"),
@@ -196,20 +122,6 @@ def webhook_request(extra=()) -> bytes:
 
 # --------------------------------------------------------------------------
 # Fixtures
-
-
-@dataclasses.dataclass
-class Running:
-    server: server.Server
-    thread: threading.Thread
-    address: tuple  # (host, port)
-
-    def connect(self) -> socket.socket:
-        return socket.create_connection(self.address, timeout=TIMEOUT)
-
-    def open_connections(self) -> int:
-        with self.server.lock:
-            return len(self.server.connections)
 
 
 @pytest.fixture
@@ -229,18 +141,13 @@ def start_server():
         )
         fields.update(overrides)
         settings = server.Settings(**fields)
-        srv = server.Server(server.make_app(settings, on_event=on_event, clock=lambda: NOW), settings, access_log=lambda fields: server.log.info(server.access_message(fields)))
-        thread = threading.Thread(target=srv.serve_forever, name="serve_forever", daemon=True)
-        thread.start()
-        running = Running(srv, thread, tuple(srv.address))
+        running = serve_in_thread(server.make_app(settings, on_event=on_event, clock=lambda: NOW), settings)
         started.append(running)
         return running
 
     yield start
     for running in started:
-        running.server.drain(grace=2)
-        running.thread.join(timeout=TIMEOUT)
-        assert not running.thread.is_alive(), "serve_forever did not return after drain()"
+        running.drain_and_join(grace=2)
 
 
 @pytest.fixture
@@ -423,7 +330,7 @@ def test_each_answer_is_one_send(live, monkeypatch):
         for request in (HEALTHZ, token_request()):
             sock.sendall(request)
             # Evidence on the wire: the whole answer is in the first recv.
-            first = _recv(sock, time.monotonic() + TIMEOUT)
+            first = recv_before(sock, time.monotonic() + TIMEOUT)
             response, rest = read_response(sock, first)
             assert rest == b"" and response.raw == first
             assert response.status == 200
@@ -796,7 +703,7 @@ def test_when_full_an_idle_keep_alive_connection_makes_room(start_server):
             response, _ = read_response(sock)
         assert response.status == 200 and identity_of(response) == "fifth"
         # The oldest idle connection was closed for it; the others stay open.
-        assert _recv(idle[0], time.monotonic() + TIMEOUT) == b""
+        assert recv_before(idle[0], time.monotonic() + TIMEOUT) == b""
         for sock in idle[1:]:
             sock.sendall(HEALTHZ)
             assert read_response(sock)[0].status == 200
@@ -993,51 +900,19 @@ def _env(**values: str) -> dict:
     return env
 
 
-class ServerProcess:
+class ServerProcess(LoggedProcess):
     """`python3 -E -S server.py` (standard library only), its stderr read by a thread."""
 
     def __init__(self, env: dict) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-E", "-S", "server.py"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        self.lines: list = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
+        super().__init__([sys.executable, "-E", "-S", "server.py"], cwd=ROOT, env=env)
 
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.append(line.decode("utf-8", "replace"))
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.lines)
-
-    def port(self) -> int:
-        """The port from the "listening on http://HOST:PORT" line."""
-        pattern = re.compile(r"listening on http://127\.0\.0\.1:([0-9]+)")
-        wait_for(lambda: pattern.search(self.stderr) is not None or self.proc.poll() is not None)
-        match = pattern.search(self.stderr)
-        assert match, self.stderr
-        return int(match[1])
+    stderr = LoggedProcess.output  # server.py logs to stderr alone
 
     def stop(self) -> tuple:
         """SIGTERM; (exit code, seconds to exit)."""
         started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(TIMEOUT)
-        self.reader.join(TIMEOUT)
+        code = super().stop()
         return code, time.monotonic() - started
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(TIMEOUT)
-        self.proc.stderr.close()
 
 
 def _check_process_log(text: str) -> None:

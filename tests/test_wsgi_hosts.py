@@ -9,22 +9,19 @@ errorMessage. gunicorn and waitress are test-only (requirements-test.txt).
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import http.client
 import json
 import os
 import re
 import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 import livekit_auth
+from helpers import webhook_authorization
+from support_http import TIMEOUT, LoggedProcess, http_request
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's scripts: gunicorn, waitress-serve
@@ -32,7 +29,6 @@ KEY = "wsgikey"
 SECRET = "a-wsgi-host-secret-of-32-chars-or-more"
 LIVEKIT_URL = "wss://livekit.example.test"
 ORIGIN = "https://app.example.test"
-TIMEOUT = 5.0  # on every socket, and the longest any single wait may take
 
 HOSTS = {
     # -w 2: two worker processes, each building its own app from the environment.
@@ -49,7 +45,9 @@ HOSTS = {
 }
 
 
-class Host:
+class Host(LoggedProcess):
+    """A WSGI host serving server:application; its log is stdout and stderr together."""
+
     def __init__(self, argv: list) -> None:
         env = {
             "PATH": os.environ.get("PATH", ""),
@@ -58,28 +56,14 @@ class Host:
             "LIVEKIT_URL": LIVEKIT_URL,
             "CORS_ALLOWED_ORIGINS": ORIGIN,
         }
-        self.proc = subprocess.Popen(
-            [str(BIN / argv[0]), *argv[1:]],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        self.lines: list = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line.decode("utf-8", "replace"))
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
+        super().__init__([str(BIN / argv[0]), *argv[1:]], cwd=ROOT, env=env, stderr_to_stdout=True)
 
     def wait_ready(self, pattern: re.Pattern) -> int:
-        """The port from the host's log, once /healthz answers there."""
+        """The port from the host's log, once /healthz answers there.
+
+        Not LoggedProcess.port: one deadline covers both the listening line and
+        the first /healthz answer, and an early exit fails at once.
+        """
         deadline = time.monotonic() + TIMEOUT
         while not pattern.search(self.output):
             assert self.proc.poll() is None, self.output
@@ -98,16 +82,7 @@ class Host:
 
     def stop(self) -> int:
         # gunicorn stops gracefully on SIGTERM; waitress-serve on SIGINT (Ctrl-C).
-        self.proc.send_signal(signal.SIGINT if "waitress" in self.proc.args[0] else signal.SIGTERM)
-        code = self.proc.wait(TIMEOUT)
-        self.reader.join(TIMEOUT)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(TIMEOUT)
-        self.proc.stdout.close()
+        return super().stop(signal.SIGINT if "waitress" in self.proc.args[0] else signal.SIGTERM)
 
 
 @pytest.fixture(scope="module", params=sorted(HOSTS))
@@ -128,15 +103,8 @@ def host(request):
 
 def request(port: int, method: str, path: str, body: bytes = b"", headers: dict = None) -> tuple:
     """(status, headers as a dict of lower-case names, JSON body or None)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-    try:
-        connection.request(method, path, body=body or None, headers=headers or {})
-        response = connection.getresponse()
-        data = response.read()
-        headers = {name.lower(): value for name, value in response.getheaders()}
-        return response.status, headers, json.loads(data) if data else None
-    finally:
-        connection.close()
+    status, headers, data = http_request(port, method, path, body, headers)
+    return status, headers, json.loads(data) if data else None
 
 
 def post_json(port: int, path: str, value: dict, headers: dict = None) -> tuple:
@@ -172,8 +140,7 @@ def test_standard_token(host):
 
 def test_signed_webhook_is_taken_and_a_changed_body_refused(host):
     event = b'{"event":"room_started","id":"EV_wsgi","room":{"name":"Test Room"}}'
-    digest = base64.b64encode(hashlib.sha256(event).digest()).decode("ascii")
-    authorization = livekit_auth.AccessToken(KEY, SECRET).with_sha256(digest).to_jwt()
+    authorization = webhook_authorization(KEY, SECRET, event)
     headers = {"Content-Type": "application/webhook+json", "Authorization": authorization}
     status, _, body = request(host, "POST", "/webhook", event, headers)
     assert (status, body) == (200, {"status": "ok"})
