@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import datetime
 import email.utils
+import errno
 import functools
 import hashlib
 import hmac
@@ -193,7 +194,7 @@ class Settings:
     max_connections: int = 64
     idle_timeout: float = 5.0
     request_timeout: float = 10.0
-    # Proxies whose X-Forwarded-For names the client (for rate limits and logs).
+    # Proxies whose X-Forwarded-For names the client, for rate limits (access lines show the peer).
     trusted_proxies: tuple = ()
     # GET /metrics, in Prometheus' text format.
     metrics: bool = True
@@ -801,9 +802,10 @@ class Application:
         authorization = environ.get("HTTP_AUTHORIZATION", "")
         if not authorization:
             raise HTTPError(401, "Authorization header is required")
-        body = _read_body(environ, MAX_WEBHOOK_BODY_BYTES)
         try:
-            event = self.receiver.receive(body, authorization)
+            # The token first: a caller without LiveKit's signature never gets a body read.
+            claims = self.receiver.authorize(authorization)
+            event = self.receiver.read_event(_read_body(environ, MAX_WEBHOOK_BODY_BYTES), claims)
         except MalformedWebhook as err:
             raise HTTPError(400, str(err)) from None
         except LiveKitAuthError as err:
@@ -846,7 +848,11 @@ class Application:
         try:
             with self.event_file_lock:
                 # Opened per event, so a rotated file is followed.
-                with open(self.settings.event_file, "ab") as file:
+                with open(self.settings.event_file, "a+b") as file:
+                    # A line torn by a crash mid-write must not swallow the next event.
+                    end = file.seek(0, os.SEEK_END)
+                    if end and os.pread(file.fileno(), 1, end - 1) != b"\n":
+                        line = b"\n" + line
                     file.write(line)
                     file.flush()
                     os.fsync(file.fileno())
@@ -924,6 +930,7 @@ MAX_SKIP_BYTES = 64 * 1024
 
 # RFC 9110 §5.6.2: token = 1*tchar.
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_LOGGED_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
 # RFC 9112 §3.2: the request target is visible ASCII (RFC 3986 characters).
 _TARGET = re.compile(rb"[!-~]+")
 # RFC 9110 §5.5: field values hold no control characters but HTAB.
@@ -954,7 +961,8 @@ class _Reader:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.buffer = b""
+        # A bytearray: appending to bytes would copy the whole buffer on every recv.
+        self.buffer = bytearray()
 
     def fill(self, deadline: float) -> None:
         while True:
@@ -969,6 +977,10 @@ class _Reader:
             self.buffer += data
             return
 
+    def skip_empty_lines(self) -> None:
+        blank = len(self.buffer) - len(self.buffer.lstrip(b"\r\n"))
+        del self.buffer[:blank]
+
     def read_head(self, deadline: float) -> bytes:
         """Everything up to the blank line ending the head, without it."""
         while True:
@@ -976,7 +988,8 @@ class _Reader:
             if end > MAX_HEAD_BYTES or len(self.buffer) > MAX_HEAD_BYTES and end < 0:
                 raise HTTPError(431, "Request head is too large")
             if end >= 0:
-                head, self.buffer = self.buffer[:end], self.buffer[end + 4 :]
+                head = bytes(self.buffer[:end])
+                del self.buffer[: end + 4]
                 return head
             if b"\n\n" in self.buffer:
                 raise HTTPError(400, "Request lines must end with CRLF")
@@ -985,7 +998,8 @@ class _Reader:
     def read(self, size: int, deadline: float) -> bytes:
         while len(self.buffer) < size:
             self.fill(deadline)
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
         return data
 
 
@@ -1111,29 +1125,41 @@ class _JSONFormatter(logging.Formatter):
 class StderrLines:
     """Lines for standard error, queued in memory and written in batches by one thread.
 
-    Writing each log line as it comes costs a third of the throughput at 8
-    connections (measured here): a write with the GIL let go and taken back
-    by every thread. Queued, a line costs an append; it reaches standard error
-    at most FLUSH_SECONDS later.
+    Writing each log line as it comes cost a fifth (access lines) to a third
+    (webhook events) of the throughput at 8 connections, measured here: a
+    write with the GIL let go and taken back by every thread. Queued, a line
+    costs an append; it reaches standard error at most FLUSH_SECONDS later,
+    warnings and errors at once. No request thread ever writes, so a stalled
+    standard error (a full pipe) cannot stall requests: past MAX_LINES, lines
+    are counted and dropped.
     """
 
     FLUSH_SECONDS = 0.2
+    MAX_LINES = 10_000
 
     def __init__(self) -> None:
         self.lines: collections.deque = collections.deque()  # append and popleft are thread-safe
+        self.dropped = 0
         self.pending = threading.Event()
+        self.urgent = threading.Event()
         self.flush_lock = threading.Lock()
         threading.Thread(target=self.write_forever, name="stderr-lines", daemon=True).start()
 
-    def write(self, line: str) -> None:
+    def write(self, line: str, urgent: bool = False) -> None:
+        if len(self.lines) >= self.MAX_LINES:
+            self.dropped += 1  # an approximate count is enough here
+            return
         self.lines.append(line + "\n")
         self.pending.set()
+        if urgent:
+            self.urgent.set()
 
     def write_forever(self) -> None:
         while True:
             self.pending.wait()
-            time.sleep(self.FLUSH_SECONDS)
+            self.urgent.wait(self.FLUSH_SECONDS)
             self.pending.clear()
+            self.urgent.clear()
             self.flush()
 
     def flush(self) -> None:
@@ -1141,14 +1167,25 @@ class StderrLines:
             lines = []
             while self.lines:
                 lines.append(self.lines.popleft())
+            if self.dropped:
+                lines.append(f"{self.dropped} log lines dropped: standard error did not keep up\n")
+                self.dropped = 0
+            data = "".join(lines).encode("utf-8", "backslashreplace")
             try:
-                os.write(2, "".join(lines).encode("utf-8", "backslashreplace"))
+                while data:
+                    data = data[os.write(2, data) :]
             except OSError:
                 pass  # no standard error to write to: serving matters more than the log
 
+    def flush_within(self, seconds: float) -> None:
+        """Flush, but give up after `seconds` if standard error does not take the lines."""
+        writer = threading.Thread(target=self.flush, daemon=True)
+        writer.start()
+        writer.join(seconds)
+
 
 class _QueuedLogHandler(logging.Handler):
-    """Log records into StderrLines; warnings and errors are written out at once."""
+    """Log records into StderrLines; warnings and errors go out at once."""
 
     def __init__(self, lines: StderrLines) -> None:
         super().__init__()
@@ -1156,11 +1193,9 @@ class _QueuedLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.lines.write(self.format(record))
+            self.lines.write(self.format(record), urgent=record.levelno >= logging.WARNING)
         except Exception:
             self.handleError(record)
-        if record.levelno >= logging.WARNING:
-            self.lines.flush()
 
 
 def _access_line(fields: dict, json_lines: bool) -> str:
@@ -1224,22 +1259,43 @@ class Server:
                 if self.draining:
                     return
             try:
-                sock, client = self.listener.accept()
-            except OSError:
+                sock, address = self.listener.accept()
+            except OSError as err:
                 if self.draining:
                     return
-                continue  # e.g. ECONNABORTED, EMFILE: keep serving the others
+                if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    time.sleep(0.1)  # out of descriptors or memory: let connections finish, do not spin
+                continue  # ECONNABORTED and the like: keep serving the others
             with self.lock:
-                saturated = len(self.connections) >= self.max_connections
-                idle = next((other for other, waiting in self.connections.items() if waiting), None)
-                if saturated and idle is not None:
-                    # A keep-alive connection waiting for its next request makes room for a new client.
-                    _shutdown(idle, socket.SHUT_RD)
-                    self.connections[idle] = False
-                    saturated = False
+                saturated = self.make_room()
                 self.connections[sock] = False
-            thread = threading.Thread(target=self.serve_connection, args=(sock, client[0], saturated), daemon=True)
-            thread.start()
+            try:
+                threading.Thread(target=self.serve_connection, args=(sock, address[0], saturated), daemon=True).start()
+            except RuntimeError:  # no thread to be had (a task or memory limit)
+                log.warning("cannot start a thread: connection closed")
+                self.forget(sock)
+                sock.close()
+                time.sleep(0.1)
+
+    def make_room(self) -> bool:
+        """Whether a new connection must be answered 503 (called with the lock held).
+
+        When the server is full, a keep-alive connection waiting for its next
+        request is closed to make room; if none is waiting, 503.
+        """
+        if len(self.connections) < self.max_connections:
+            return False
+        idle = next((other for other, waiting in self.connections.items() if waiting), None)
+        if idle is None:
+            return True
+        _shutdown(idle, socket.SHUT_RD)
+        self.connections[idle] = False
+        return False
+
+    def forget(self, sock: socket.socket) -> None:
+        with self.lock:
+            del self.connections[sock]
+            self.lock.notify_all()
 
     def drain(self, grace: float = 10.0) -> None:
         """Stop accepting, wake idle keep-alive connections, let in-flight requests finish."""
@@ -1257,7 +1313,7 @@ class Server:
             while self.connections and time.monotonic() < deadline:
                 self.lock.wait(0.1)
         if self.lines is not None:
-            self.lines.flush()
+            self.lines.flush_within(1.0)
 
     def serve_connection(self, sock: socket.socket, client: str, saturated: bool) -> None:
         reader = _Reader(sock)
@@ -1271,13 +1327,12 @@ class Server:
         except OSError:  # the client left, stalled (TimeoutError) or reset
             pass
         finally:
-            with self.lock:
-                del self.connections[sock]
-                self.lock.notify_all()
+            # Closed before its slot is given back, so lingering threads count against the limit.
             if linger:
                 _discard_and_close(sock)
             else:
                 sock.close()
+            self.forget(sock)
 
     def serve_request(self, sock: socket.socket, reader: _Reader, client: str, saturated: bool) -> tuple:
         """Serve one request; return (keep the connection, body left unread)."""
@@ -1290,10 +1345,10 @@ class Server:
                 return False, False
             # RFC 9112 §2.2: empty lines before a request (some clients send
             # CRLF after a body) are ignored; the connection is still idle.
-            reader.buffer = reader.buffer.lstrip(b"\r\n")
+            reader.skip_empty_lines()
             while not reader.buffer:
                 reader.fill(time.monotonic() + self.idle_timeout)
-                reader.buffer = reader.buffer.lstrip(b"\r\n")
+                reader.skip_empty_lines()
         finally:
             self.connections[sock] = False
         # The idle timeout ran until the first byte; the whole request now has request_timeout.
@@ -1348,7 +1403,8 @@ class Server:
         self.access_log(
             {
                 "client": client,
-                "method": method,
+                # Any token is a method to HTTP: log only the common ones, so nothing else lands in the log.
+                "method": method if method in _LOGGED_METHODS else "-",
                 "path": _loggable_path(target),
                 "status": int(status[:3]),
                 "duration_ms": round((time.monotonic() - started) * 1000, 1),
@@ -1497,6 +1553,13 @@ def check_startup(settings: Settings) -> None:
 def main() -> int:
     lines = StderrLines()
     try:
+        return _serve(lines)
+    finally:
+        lines.flush_within(1.0)  # the last lines, before the process (and the writer thread) ends
+
+
+def _serve(lines: StderrLines) -> int:
+    try:
         settings = _settings_from_process()
         _configure_logging(settings.log_format, lines)
         check_startup(settings)
@@ -1505,8 +1568,13 @@ def main() -> int:
         log.error("configuration error: %s", err)
         return 2
     try:
+        socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
         server = Server(make_app(settings), settings, lines=lines)
     except OSError as err:
+        if isinstance(err, socket.gaierror) or err.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+            log.error("configuration error: %s is not an address of this machine", _SETTING_NAMES["host"])
+            return 2
+        # Port in use, or not allowed: may pass, so not a configuration error (a supervisor may retry).
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, err.strerror)
         return 1
 
@@ -1538,7 +1606,9 @@ def __getattr__(name: str) -> Application:
     settings = load_settings(os.environ)
     _configure_logging(settings.log_format)
     check_startup(settings)
-    return make_app(settings)
+    # Kept, so every later `server.application` is this one app (one rate limiter, one dedupe memory).
+    globals()["application"] = app = make_app(settings)
+    return app
 
 
 if __name__ == "__main__":

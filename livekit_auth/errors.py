@@ -35,4 +35,4 @@ class WebhookBodyMismatch(LiveKitAuthError):
 
 
 class MalformedWebhook(LiveKitAuthError):
-    """The signed body is not a JSON object with a string "event"."""
+    """The signed body is not a LiveKit event (see WebhookReceiver.read_event)."""

@@ -56,8 +56,8 @@ _TYPES = {"bool": bool, "str": str, "Tuple[str, ...]": tuple}
 
 def _check_fields(grants: object) -> None:
     """Check each field's type exactly (True is not a str, 1 is not a bool); None only where Optional."""
-    # vars() holds the fields in declaration order; reading it beats getattr per field.
-    for (name, kind, optional), value in zip(_FIELD_TYPES[type(grants)], vars(grants).values()):
+    for name, kind, optional in _FIELD_TYPES[type(grants)]:
+        value = getattr(grants, name)
         if value is None and optional:
             continue
         if type(value) is not kind or kind is tuple and not all(type(item) is str for item in value):
@@ -105,11 +105,12 @@ class VideoGrants:
 
     def to_wire(self) -> dict:
         """The claim as the SDK writes it: camelCase, None and "" left out."""
-        return {
-            VIDEO_WIRE_NAMES[name]: list(value) if type(value) is tuple else value
-            for name, value in vars(self).items()
-            if value is not None and value != ""
-        }
+        wire = {}
+        for name, wire_name in VIDEO_WIRE_NAMES.items():
+            value = getattr(self, name)
+            if value is not None and value != "":
+                wire[wire_name] = list(value) if type(value) is tuple else value
+        return wire
 
     @classmethod
     def from_wire(cls, claim: dict) -> "VideoGrants":

@@ -26,6 +26,9 @@ DEFAULT_LEEWAY = datetime.timedelta(minutes=1)
 # anything that would make verifying it costly.
 MAX_TOKEN_LENGTH = 64 * 1024
 
+# Grant claims of livekit-api 1.2; video and sip are read into Claims, the others stay in payload.
+_GRANT_CLAIMS = ("video", "sip", "inference", "observability", "agent", "agentEndpoint", "agentThread")
+
 # Claims whose type LiveKit fixes, read into Claims when present.
 _STRING_CLAIMS = ("sub", "name", "kind", "metadata", "sha256", "roomPreset", "jti")
 
@@ -112,8 +115,8 @@ class TokenVerifier:
         Checked, in this order: three canonical base64url segments; the HS256
         MAC over the exact bytes received, in constant time, before any JSON is
         read; the header is a JSON object with alg exactly "HS256" and no crit
-        or b64; the payload is a JSON object; iss is the key whose secret
-        matched; exp is present, an integer and not past (with leeway); nbf and
+        or b64 and a string kid if any; the payload is a JSON object; iss is
+        the key whose secret matched; exp is present, an integer and not past (with leeway); nbf and
         iat, when present, integers and not in the future (with leeway); no aud;
         LiveKit's claims have their types.
 
@@ -182,6 +185,12 @@ class TokenVerifier:
         room_config = payload.get("roomConfig")
         if room_config is not None and type(room_config) is not dict:
             raise MalformedToken("roomConfig claim must be an object")
+        # Grant claims are objects, as the SDK requires (it fails on null for
+        # these four, and on any other non-object for all seven).
+        for name in _GRANT_CLAIMS:
+            if name in payload and type(payload[name]) is not dict:
+                if payload[name] is not None or name in ("video", "sip", "inference", "observability"):
+                    raise MalformedToken(f"{name} claim must be an object")
         try:
             video = _grants(payload, "video", VideoGrants)
             sip = _grants(payload, "sip", SIPGrants)
@@ -208,8 +217,4 @@ class TokenVerifier:
 
 def _grants(payload: dict, name: str, cls: type):
     claim = payload.get(name)
-    if claim is None:
-        return None
-    if type(claim) is not dict:
-        raise ValueError("grant claim is not an object")
-    return cls.from_wire(claim)
+    return None if claim is None else cls.from_wire(claim)

@@ -142,3 +142,43 @@ def test_json_log_format_end_to_end():
     assert len(access) == 1
     assert access[0]["method"] == "GET" and access[0]["status"] == 200 and access[0]["client"] == "127.0.0.1"
     assert isinstance(access[0]["duration_ms"], float)
+
+
+# --------------------------------------------------------------------------
+# Found in review: each pins a fix
+
+
+def test_an_unsigned_webhook_gets_401_before_its_body_is_read():
+    from support_wsgi import UnreadableInput
+
+    app = app_for()
+    response = call(
+        app, "POST", "/webhook", b"x" * 100, headers={"Authorization": "not-a-token"}, wsgi_input=UnreadableInput()
+    )
+    assert response.status == 401
+
+
+def test_a_torn_last_line_in_the_event_file_does_not_swallow_the_next_event(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"event":"room_started","id":"EV_0","room":{"na')  # a crash mid-write
+    app = app_for(event_file=str(path))
+    assert signed_webhook(app, b'{"event":"room_finished","id":"EV_1"}').status == 200
+    assert path.read_bytes().splitlines()[-1] == b'{"event":"room_finished","id":"EV_1"}'
+
+
+def test_log_lines_past_the_limit_are_counted_not_queued(capfd):
+    lines = server.StderrLines()
+    lines.MAX_LINES = 3
+    for number in range(5):
+        lines.write(f"line {number}")
+    lines.flush()
+    assert capfd.readouterr().err == "line 0\nline 1\nline 2\n2 log lines dropped: standard error did not keep up\n"
+
+
+def test_application_is_built_once(monkeypatch):
+    monkeypatch.setenv("LIVEKIT_API_KEY", "APIkey")
+    monkeypatch.setenv("LIVEKIT_API_SECRET", "a-secret-of-more-than-32-characters!!")
+    monkeypatch.delitem(vars(server), "application", raising=False)
+    first = server.application
+    assert server.application is first
+    monkeypatch.delitem(vars(server), "application")

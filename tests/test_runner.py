@@ -1015,3 +1015,39 @@ def test_main_port_in_use_exits_1():
     assert result.returncode == 1, stderr
     assert f"cannot listen on 127.0.0.1:{port}" in stderr
     _check_process_log(stderr)
+
+
+# --------------------------------------------------------------------------
+# Found in review: each pins a fix
+
+
+def test_a_lingering_connection_keeps_its_slot_until_it_is_closed(live):
+    # The server answers without the body and lingers to swallow it: that
+    # thread must still count against the limit, or a client could have
+    # any number of threads lingering at once.
+    with live.connect() as sock:
+        sock.sendall(build("GET", "/healthz", [HOST, ("Content-Length", "999999")]))
+        response, _ = read_response(sock)
+        assert response.status == 200 and response.values("connection") == ["close"]
+        assert live.open_connections() == 1
+    assert wait_for(lambda: live.open_connections() == 0)
+
+
+def test_an_unusual_method_is_not_written_to_the_access_log(live, caplog):
+    token_like = "eyJhbGciOiJIUzI1NiJ9x" * 4
+    with live.connect() as sock:
+        sock.sendall(build(token_like, "/token", [HOST]))
+        response, _ = read_response(sock)
+    assert response.status == 405
+    assert wait_for(lambda: ("-", "/token", 405) in access_lines(caplog))
+    assert token_like not in caplog.text
+
+
+@pytest.mark.parametrize("host", ["bad host!", "[::1]"])
+def test_main_with_an_unusable_host_exits_2_naming_it(host):
+    process = ServerProcess(_env(SERVER_HOST=host))
+    try:
+        assert process.proc.wait(TIMEOUT) == 2
+    finally:
+        process.kill()
+    assert "server.host (SERVER_HOST) is not an address of this machine" in process.stderr

@@ -402,18 +402,38 @@ def test_length_limit_edge():
         VERIFIER.verify(_token_of_length(la.MAX_TOKEN_LENGTH + 1), now=NOW)
 
 
-# --- Where the SDK fails and we accept -------------------------------------------
+# --- Grant claims must be objects, as the SDK requires ----------------------------
 
 
-@pytest.mark.parametrize("name", ["video", "sip"])
-def test_null_grant_reads_as_absent(name, monkeypatch):
-    # LiveKit Server (Go) decodes null into a nil grant; the SDK calls .items()
-    # on it and raises AttributeError.
-    tok = token(claims(**{name: None}))
-    with pytest.raises(AttributeError):
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("video", None),
+        ("sip", None),
+        ("inference", None),
+        ("observability", None),
+        ("video", []),
+        ("inference", 5),
+        ("observability", []),
+        ("agent", 5),
+        ("agentEndpoint", "x"),
+        ("agentThread", []),
+    ],
+    ids=lambda value: repr(value),
+)
+def test_grant_claims_that_are_not_objects_are_rejected_as_by_the_sdk(name, value, monkeypatch):
+    tok = token(claims(**{name: value}))
+    with pytest.raises(Exception):
         sdk_verify(tok, monkeypatch)
-    result = VERIFIER.verify(tok, now=NOW)
-    assert (result.video, result.sip) == (None, None)
+    with pytest.raises(la.MalformedToken, match=f"{name} claim must be an object"):
+        VERIFIER.verify(tok, now=NOW)
+
+
+@pytest.mark.parametrize("name", ["agent", "agentEndpoint", "agentThread"])
+def test_null_agent_grants_read_as_absent_as_in_the_sdk(name, monkeypatch):
+    tok = token(claims(**{name: None}))
+    sdk_verify(tok, monkeypatch)
+    assert VERIFIER.verify(tok, now=NOW).payload[name] is None
 
 
 # --- Key rotation ----------------------------------------------------------------
