@@ -243,9 +243,8 @@ class Settings:
             fail("can_publish_sources", "takes only: " + ", ".join(TRACK_SOURCES))
         if not self.rooms or any("*" in room[:-1] for room in self.rooms):
             fail("rooms", 'takes room names, or prefixes ending in "*"')
-        if self.allowed_origins != {"*"} and not all(
-            re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", origin) for origin in self.allowed_origins
-        ) or not self.allowed_origins:
+        exact_origins = all(re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", o) for o in self.allowed_origins)
+        if not self.allowed_origins or not (self.allowed_origins == {"*"} or exact_origins):
             fail("allowed_origins", "takes * alone, or origins like https://app.example.com")
         if self.log_format not in ("plain", "json"):
             fail("log_format", "must be plain or json")
@@ -571,8 +570,8 @@ class Application:
         )
         # Built once, never changed per request.
         self.any_origin = "*" in settings.allowed_origins
+        # On every response; JSON ones add a Content-Type first.
         self.common_headers = [
-            ("Content-Type", "application/json"),
             ("Cache-Control", "no-store"),
             ("X-Content-Type-Options", "nosniff"),
         ]
@@ -604,10 +603,10 @@ class Application:
         headers = self.common_headers + self._cors_headers(environ) + list(extra)
         if status == 204:
             # RFC 9110 §8.6: no Content-Length (and no content to type) in a 204.
-            start_response(_STATUS_TEXT[status], headers[1:])
+            start_response(_STATUS_TEXT[status], headers)
             return []
         body = _json_body(value)
-        headers.append(("Content-Length", str(len(body))))
+        headers = [("Content-Type", "application/json")] + headers + [("Content-Length", str(len(body)))]
         start_response(_STATUS_TEXT[status], headers)
         return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
 
@@ -640,7 +639,7 @@ class Application:
             elif path == "/metrics":
                 body = self.metrics.text().encode("utf-8")
                 # The common headers, but Prometheus' own content type.
-                headers = [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")] + self.common_headers[1:]
+                headers = [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")] + self.common_headers
                 headers += self._cors_headers(environ) + [("Content-Length", str(len(body)))]
                 start_response(_STATUS_TEXT[200], headers)
                 return [body]
