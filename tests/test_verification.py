@@ -602,3 +602,30 @@ def test_deep_nesting_is_malformed_not_recursion_error(where):
     assert len(tok) < la.MAX_TOKEN_LENGTH
     with pytest.raises(la.MalformedToken):
         VERIFIER.verify(tok, now=NOW)
+
+
+# --- Documented exceptions: the SDK refuses, we accept (README, "livekit_auth as a library") ---
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        # roomConfig: only "an object" is checked; its protobuf field types are LiveKit's schema.
+        {"roomConfig": {"name": 5}},
+        {"roomConfig": {"agents": "x"}},
+        # Grant fields by exact wire name, as LiveKit Server reads them; the SDK also maps RoomJoin.
+        {"video": {"RoomJoin": True, "room": "r"}},
+    ],
+    ids=["room-config-name-int", "room-config-agents-string", "grant-name-case-variant"],
+)
+def test_documented_exceptions_where_the_sdk_refuses_or_reads_otherwise(change, monkeypatch):
+    tok = token(claims(**change))
+    try:
+        sdk_claims = sdk_verify(tok, monkeypatch)
+    except Exception:
+        sdk_claims = None
+    ours = VERIFIER.verify(tok, now=NOW)
+    if "video" in change:
+        assert sdk_claims.video.room_join is True and ours.video.room_join is None
+    else:
+        assert sdk_claims is None and ours.room_config == change["roomConfig"]

@@ -314,3 +314,18 @@ def test_random_mutations_return_an_event_or_raise_livekit_auth_error():
         "WebhookBodyMismatch", "MalformedWebhook",
     }, outcomes
     assert min(outcomes.values()) >= 10, outcomes
+
+
+# --- Documented exception: below the top level, an event is not checked against LiveKit's schema ---
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"event":"room_started","room":{"name":5}}', b'{"event":"room_started","createdAt":"abc"}'],
+    ids=["room-name-int", "created-at-not-a-number"],
+)
+def test_deep_event_fields_are_not_checked_where_the_sdk_parses_protobuf(body, monkeypatch):
+    authorization = webhook_token(body)
+    with pytest.raises(Exception):
+        sdk_receive(body, authorization, monkeypatch)
+    assert RECEIVER.receive(body, authorization, now=NOW) == json.loads(body)
