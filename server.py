@@ -1245,7 +1245,7 @@ class Server:
         self.address = self.listener.getsockname()[:2]
         self.server_port = str(self.address[1])
         self.lock = threading.Condition()
-        self.connections: dict = {}  # socket -> True while waiting for a request
+        self.connections: dict = {}  # socket -> its _Reader while waiting for a request, else None
         self.draining = False
         self.date = _DateHeader()
 
@@ -1267,7 +1267,7 @@ class Server:
                 continue  # ECONNABORTED and the like: keep serving the others
             with self.lock:
                 saturated = self.make_room()
-                self.connections[sock] = False
+                self.connections[sock] = None
             try:
                 threading.Thread(target=self.serve_connection, args=(sock, address[0], saturated), daemon=True).start()
             except RuntimeError:  # no thread to be had (a task or memory limit)
@@ -1284,12 +1284,14 @@ class Server:
         """
         if len(self.connections) < self.max_connections:
             return False
-        idle = next((other for other, waiting in self.connections.items() if waiting), None)
-        if idle is None:
-            return True
-        _shutdown(idle, socket.SHUT_RD)
-        self.connections[idle] = False
-        return False
+        for other, waiting in self.connections.items():
+            # Waiting with nothing received, in its buffer or in the kernel's:
+            # a request already on its way must not be cut off.
+            if waiting is not None and not waiting.buffer and not _has_data(other):
+                _shutdown(other, socket.SHUT_RD)
+                self.connections[other] = None
+                return False
+        return True
 
     def forget(self, sock: socket.socket) -> None:
         with self.lock:
@@ -1302,7 +1304,7 @@ class Server:
             self.draining = True
             self.lock.notify_all()
             for sock, idle in self.connections.items():
-                if idle:
+                if idle is not None:
                     _shutdown(sock, socket.SHUT_RD)
         # shutdown() wakes an accept() blocked in another thread; close() alone does not.
         _shutdown(self.listener, socket.SHUT_RDWR)
@@ -1338,7 +1340,7 @@ class Server:
         # Marked idle while it waits, so drain() and a full server may close it.
         # A dict store is atomic, and draining is read after it: drain() either
         # sees this connection idle or is seen here, so no lock per request.
-        self.connections[sock] = True
+        self.connections[sock] = reader
         try:
             if self.draining:
                 return False, False
@@ -1349,7 +1351,7 @@ class Server:
                 reader.fill(time.monotonic() + self.idle_timeout)
                 reader.skip_empty_lines()
         finally:
-            self.connections[sock] = False
+            self.connections[sock] = None
         # The idle timeout ran until the first byte; the whole request now has request_timeout.
         started = time.monotonic()
         environ: dict = {}
@@ -1472,6 +1474,14 @@ def _loggable_path(target: str) -> str:
     if path in _ROUTES:
         return path
     return path[:40] + ("..." if len(path) > 40 else "")
+
+
+def _has_data(sock: socket.socket) -> bool:
+    """Whether bytes wait to be read on `sock` (False at end of stream), without taking them."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # BlockingIOError: nothing waiting
+        return False
 
 
 def _shutdown(sock: socket.socket, how: int) -> None:
