@@ -965,11 +965,14 @@ class _Reader:
 
     def fill(self, deadline: float) -> None:
         while True:
-            if time.monotonic() >= deadline:
-                raise TimeoutError
+            # Past the deadline, only what has already arrived is taken: a
+            # thread that got to run late still serves a client that was not.
+            late = time.monotonic() >= deadline
             try:
-                data = self.sock.recv(65536)
-            except BlockingIOError:  # a tick passed with nothing received
+                data = self.sock.recv(65536, socket.MSG_DONTWAIT if late else 0)
+            except BlockingIOError:  # nothing arrived within a tick
+                if late:
+                    raise TimeoutError from None
                 continue
             if not data:
                 raise _Close
