@@ -377,6 +377,7 @@ def _log_text(value: object) -> str:
     return json.dumps(value if type(value) is str else "")
 
 
+_EVENT_NAME = re.compile(r"[a-z_]{1,64}")
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # No "/" or "\\", no "." or ".." (LiveKit puts room names into recording paths), no look-alikes.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_:@-]([A-Za-z0-9 _.:@-]*[A-Za-z0-9_:@-])?")
@@ -489,6 +490,8 @@ class Metrics:
             counters = sorted(self.counters.items())
             histograms = sorted((route, list(values)) for route, values in self.histograms.items())
         lines = []
+        # Counter families, each with its samples; the histogram's samples follow
+        # its HELP and TYPE, which come last in _METRIC_HELP.
         for name, help_text in _METRIC_HELP.items():
             kind = "histogram" if name.endswith("_seconds") else "counter"
             lines += [f"# HELP {prefix}{name} {help_text}", f"# TYPE {prefix}{name} {kind}"]
@@ -600,14 +603,16 @@ class Application:
         return [("Vary", "Origin")]
 
     def respond(self, environ: dict, start_response: Callable, status: int, value: object = None, extra=()) -> list:
-        headers = self.common_headers + self._cors_headers(environ) + list(extra)
+        """A JSON answer (none for a 204), with the common and CORS headers."""
         if status == 204:
             # RFC 9110 §8.6: no Content-Length (and no content to type) in a 204.
-            start_response(_STATUS_TEXT[status], headers)
+            start_response(_STATUS_TEXT[status], self.common_headers + self._cors_headers(environ) + list(extra))
             return []
-        body = _json_body(value)
-        headers = [("Content-Type", "application/json")] + headers + [("Content-Length", str(len(body)))]
-        start_response(_STATUS_TEXT[status], headers)
+        return self.send(environ, start_response, status, "application/json", _json_body(value), extra)
+
+    def send(self, environ: dict, start_response: Callable, status: int, content_type: str, body: bytes, extra=()):
+        headers = [("Content-Type", content_type)] + self.common_headers + self._cors_headers(environ) + list(extra)
+        start_response(_STATUS_TEXT[status], headers + [("Content-Length", str(len(body)))])
         return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
 
     def error_response(self, environ: dict, start_response: Callable, status: int, message: str, extra=()) -> list:
@@ -637,12 +642,8 @@ class Application:
             elif path == "/healthz":
                 status, value = 200, {"status": "ok"}
             elif path == "/metrics":
-                body = self.metrics.text().encode("utf-8")
-                # The common headers, but Prometheus' own content type.
-                headers = [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")] + self.common_headers
-                headers += self._cors_headers(environ) + [("Content-Length", str(len(body)))]
-                start_response(_STATUS_TEXT[200], headers)
-                return [body]
+                text = self.metrics.text().encode("utf-8")
+                return self.send(environ, start_response, 200, "text/plain; version=0.0.4; charset=utf-8", text)
             else:
                 status, value = self.webhook(environ)
             return self.respond(environ, start_response, status, value)
@@ -789,7 +790,8 @@ class Application:
         event_name = ""  # a label only once LiveKit's signature vouches for it
         try:
             event = self.verified_event(environ)
-            event_name = event["event"]
+            # LiveKit's names are short snake_case; anything else is one series, not one each.
+            event_name = event["event"] if _EVENT_NAME.fullmatch(event["event"]) else "other"
             outcome = self.take_event(event)
         except HTTPError as err:
             self.count("webhooks_total", event=event_name, outcome=str(err.status))
@@ -1447,7 +1449,7 @@ class Server:
 
     @staticmethod
     def call(app: Callable, environ: dict, *args) -> tuple:
-        """Run a WSGI callable; (status, headers without Content-Length, body chunks)."""
+        """Run a WSGI callable: (status, its headers, body chunks); a generic 500 if it raises."""
         started: list = []
 
         def start_response(status, headers, exc_info=None):

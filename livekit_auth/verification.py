@@ -28,6 +28,8 @@ MAX_TOKEN_LENGTH = 64 * 1024
 
 # Grant claims of livekit-api 1.2; video and sip are read into Claims, the others stay in payload.
 _GRANT_CLAIMS = ("video", "sip", "inference", "observability", "agent", "agentEndpoint", "agentThread")
+# The SDK reads these three as absent when null, and fails on null for the others.
+_NULLABLE_GRANT_CLAIMS = ("agent", "agentEndpoint", "agentThread")
 
 # Claims whose type LiveKit fixes, read into Claims when present.
 _STRING_CLAIMS = ("sub", "name", "kind", "metadata", "sha256", "roomPreset", "jti")
@@ -116,9 +118,9 @@ class TokenVerifier:
         MAC over the exact bytes received, in constant time, before any JSON is
         read; the header is a JSON object with alg exactly "HS256" and no crit
         or b64 and a string kid if any; the payload is a JSON object; iss is
-        the key whose secret matched; exp is present, an integer and not past (with leeway); nbf and
-        iat, when present, integers and not in the future (with leeway); no aud;
-        LiveKit's claims have their types.
+        the key whose secret matched; exp is present, an integer and not past
+        (with leeway); nbf and iat, when present, integers and not in the
+        future (with leeway); no aud; LiveKit's claims have their types.
 
         Raises a LiveKitAuthError subclass, and nothing else, for any input.
         """
@@ -185,12 +187,11 @@ class TokenVerifier:
         room_config = payload.get("roomConfig")
         if room_config is not None and type(room_config) is not dict:
             raise MalformedToken("roomConfig claim must be an object")
-        # Grant claims are objects, as the SDK requires (it fails on null for
-        # these four, and on any other non-object for all seven).
+        # Grant claims are objects, as the SDK requires.
         for name in _GRANT_CLAIMS:
-            if name in payload and type(payload[name]) is not dict:
-                if payload[name] is not None or name in ("video", "sip", "inference", "observability"):
-                    raise MalformedToken(f"{name} claim must be an object")
+            value = payload.get(name, {})
+            if type(value) is not dict and not (value is None and name in _NULLABLE_GRANT_CLAIMS):
+                raise MalformedToken(f"{name} claim must be an object")
         try:
             video = _grants(payload, "video", VideoGrants)
             sip = _grants(payload, "sip", SIPGrants)

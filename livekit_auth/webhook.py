@@ -55,10 +55,7 @@ class WebhookReceiver:
         if authorization[:7].lower() == "bearer ":
             authorization = authorization[7:]
         claims = self._verifier.verify(authorization, now=now)
-        if not claims.sha256:
-            raise MalformedToken("token has no sha256 claim: not a webhook token")
-        if not _SHA256_BASE64.fullmatch(claims.sha256):
-            raise MalformedToken("sha256 claim is not padded standard base64 of 32 bytes")
+        _signed_digest(claims)
         return claims
 
     def read_event(self, body: Union[bytes, str], claims: Claims) -> dict:
@@ -77,8 +74,7 @@ class WebhookReceiver:
                 raise MalformedWebhook("body is not valid UTF-8") from None
         elif type(body) is not bytes:
             raise MalformedWebhook("body must be bytes")
-        expected = base64.b64decode(claims.sha256, validate=True)
-        if not hmac.compare_digest(hashlib.sha256(body).digest(), expected):
+        if not hmac.compare_digest(hashlib.sha256(body).digest(), _signed_digest(claims)):
             raise WebhookBodyMismatch("body does not match the signed sha256")
 
         try:
@@ -92,3 +88,12 @@ class WebhookReceiver:
         ):
             raise MalformedWebhook("body does not have the shape of a LiveKit event")
         return event
+
+
+def _signed_digest(claims: Claims) -> bytes:
+    """The body digest a webhook token signs. Raises MalformedToken if it has none, or a malformed one."""
+    if not claims.sha256:
+        raise MalformedToken("token has no sha256 claim: not a webhook token")
+    if not _SHA256_BASE64.fullmatch(claims.sha256):
+        raise MalformedToken("sha256 claim is not padded standard base64 of 32 bytes")
+    return base64.b64decode(claims.sha256)
