@@ -28,6 +28,7 @@ import math
 import os
 import re
 import secrets
+import selectors
 import signal
 import socket
 import struct
@@ -627,6 +628,15 @@ class Application:
             if self.metrics is not None:
                 self.metrics.observe(path if path in _ROUTES else "other", time.perf_counter() - started)
 
+    def may_block(self, environ: dict) -> bool:
+        """Whether answering may wait on more than this process's CPU: a webhook,
+        when an event file (fsync) or a handler (anyone's code) is set.
+
+        The built-in runner answers these on a thread, the rest on its event loop.
+        """
+        webhook = environ.get("PATH_INFO") in ("/webhook", "/livekit/webhook")
+        return webhook and (bool(self.settings.event_file) or self.on_event is not None)
+
     def dispatch(self, environ: dict, start_response: Callable, path: str) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "")
         methods = _ROUTES.get(path) if path != "/metrics" or self.metrics is not None else None
@@ -954,10 +964,12 @@ def _set_socket_timeouts(sock: socket.socket, receive: float, send: float) -> No
 
 
 class _Reader:
-    """Buffered reads from a socket against one deadline, which slow clients cannot stretch.
+    """What a connection received and has not used yet, and blocking reads against a deadline.
 
-    The socket's receive timeout is a short tick: each recv returns data or
-    gives up within it, and the deadline is checked between recvs.
+    The event loop appends what arrives and takes heads from the buffer; only a
+    thread reading a body waits on the socket, whose receive timeout is a short
+    tick: each recv returns data or gives up within it, and the deadline, which
+    slow clients cannot stretch, is checked between recvs.
     """
 
     def __init__(self, sock: socket.socket) -> None:
@@ -985,19 +997,18 @@ class _Reader:
         blank = len(self.buffer) - len(self.buffer.lstrip(b"\r\n"))
         del self.buffer[:blank]
 
-    def read_head(self, deadline: float) -> bytes:
-        """Everything up to the blank line ending the head, without it."""
-        while True:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end > MAX_HEAD_BYTES or len(self.buffer) > MAX_HEAD_BYTES and end < 0:
-                raise HTTPError(431, "Request head is too large")
-            if end >= 0:
-                head = bytes(self.buffer[:end])
-                del self.buffer[: end + 4]
-                return head
+    def take_head(self) -> Optional[bytes]:
+        """The head without the blank line ending it, once all of it is in the buffer; else None."""
+        end = self.buffer.find(b"\r\n\r\n")
+        if end > MAX_HEAD_BYTES or len(self.buffer) > MAX_HEAD_BYTES and end < 0:
+            raise HTTPError(431, "Request head is too large")
+        if end < 0:
             if b"\n\n" in self.buffer:
                 raise HTTPError(400, "Request lines must end with CRLF")
-            self.fill(deadline)
+            return None
+        head = bytes(self.buffer[:end])
+        del self.buffer[: end + 4]
+        return head
 
     def read(self, size: int, deadline: float) -> bytes:
         while len(self.buffer) < size:
@@ -1210,8 +1221,35 @@ def _access_line(fields: dict, json_lines: bool) -> str:
     return f"{stamp},{int(now * 1000) % 1000:03d} INFO {access_message(fields)}"
 
 
+class _Connection:
+    """A client's connection: its socket, what it sent and was not used yet, and its deadline."""
+
+    __slots__ = ("sock", "reader", "client", "saturated", "accepted", "answered", "started", "deadline", "busy")
+
+    def __init__(self, sock: socket.socket, client: str, saturated: bool, now: float, idle_timeout: float) -> None:
+        self.sock = sock
+        self.reader = _Reader(sock)
+        self.client = client
+        self.saturated = saturated  # its first request is answered 503
+        self.accepted = now
+        self.answered = False  # kept alive after an answer
+        self.started: Optional[float] = None  # when the request under way began to arrive
+        self.deadline = now + idle_timeout  # for the next request to begin, or the one under way to arrive
+        self.busy = False  # served by a thread of its own, out of the event loop
+
+
 class Server:
-    """Serves an Application over HTTP/1.1 with keep-alive, bounded threads and deadlines.
+    """Serves an Application over HTTP/1.1 with keep-alive, deadlines and bounded connections.
+
+    One thread runs an event loop: it accepts connections, waits for requests
+    and answers a request itself when the whole of it has arrived and the app
+    says answering cannot block (app.may_block(environ), a token: CPU alone,
+    microseconds). Anything else (a body still on its way, a webhook with an
+    event file or a handler, an app without may_block, an answer the client
+    is slow to take) is served on a thread of its own, which hands the
+    connection back to the loop when done. No thread switch per request: a
+    thread per connection taking turns at the interpreter lock cost more than
+    the requests themselves, measured here (bench/).
 
     Up to `max_connections` connections are served at once; as many again are
     answered 503 at once; beyond that, new connections wait in the listen backlog.
@@ -1243,135 +1281,336 @@ class Server:
         self.max_connections = settings.max_connections
         self.idle_timeout = settings.idle_timeout
         self.request_timeout = settings.request_timeout
-        # How often a waiting connection looks at its deadline.
+        # How often deadlines are looked at.
         self.tick = min(settings.idle_timeout, settings.request_timeout) / 10
         family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
         self.listener = socket.create_server((settings.host, settings.port), family=family, backlog=backlog)
+        self.listener.setblocking(False)
         self.address = self.listener.getsockname()[:2]
         self.server_port = str(self.address[1])
-        self.lock = threading.Condition()
-        self.connections: dict = {}  # socket -> its _Reader while waiting for a request, else None
+        self.selector = selectors.DefaultSelector()
+        self.listening = False
+        self.accept_after = 0.0  # out of descriptors: no accept() before this time.monotonic()
+        # Changed by the loop alone; the lock is for readers in other threads.
+        self.lock = threading.Lock()
+        self.connections: dict = {}  # socket -> _Connection
+        # Threads hand connections back here, then wake the loop.
+        self.returned: collections.deque = collections.deque()
+        self.wakeup, self.waker = socket.socketpair()
+        self.wakeup.setblocking(False)
+        self.selector.register(self.wakeup, selectors.EVENT_READ)
         self.draining = False
+        self.drain_deadline = math.inf
+        self.serving = False
+        self.stopped = threading.Event()
         self.date = _DateHeader()
 
+    # ---- the event loop
+
     def serve_forever(self) -> None:
-        """Accept until drain() closes the listener."""
-        while True:
-            with self.lock:
-                while len(self.connections) >= 2 * self.max_connections and not self.draining:
-                    self.lock.wait()
+        """Serve until stop() or drain(), then finish the requests in flight (within the grace period)."""
+        self.serving = True
+        next_sweep = 0.0
+        try:
+            while True:
                 if self.draining:
-                    return
+                    self.close_draining()
+                    if not self.connections or time.monotonic() >= self.drain_deadline:
+                        break
+                self.listen_if_room()
+                for key, _ in self.selector.select(self.tick):
+                    if key.fileobj is self.listener:
+                        self.accept()
+                    elif key.fileobj is self.wakeup:
+                        self.take_back()
+                    else:
+                        self.receive(key.data)
+                now = time.monotonic()
+                if now >= next_sweep:
+                    self.expire(now)
+                    next_sweep = now + self.tick
+        finally:
+            self.close_listener()
+            for conn in list(self.connections.values()):
+                if not conn.busy:  # past the grace period: the rest are left to their threads
+                    self.close(conn)
+            self.selector.close()
+            if self.lines is not None:
+                self.lines.flush_within(1.0)
+            self.stopped.set()
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, close idle connections, give requests in flight `grace` seconds.
+
+        Returns at once: safe in a signal handler and from any thread.
+        """
+        if not self.draining:
+            self.drain_deadline = time.monotonic() + grace
+            self.draining = True
+        self.wake()
+
+    def drain(self, grace: float = 10.0) -> None:
+        """stop(), then wait until serve_forever() has finished. Not from the loop's own thread."""
+        self.stop(grace)
+        if self.serving:
+            self.stopped.wait()
+        else:
+            self.close_listener()
+
+    def wake(self) -> None:
+        try:
+            self.waker.send(b"\0", socket.MSG_DONTWAIT)
+        except OSError:
+            pass  # BlockingIOError: the loop has wake-ups waiting already
+
+    def listen_if_room(self) -> None:
+        wanted = (
+            not self.draining
+            and len(self.connections) < 2 * self.max_connections
+            and time.monotonic() >= self.accept_after
+        )
+        if wanted != self.listening:
+            if wanted:
+                self.selector.register(self.listener, selectors.EVENT_READ)
+            else:
+                self.selector.unregister(self.listener)
+            self.listening = wanted
+
+    def close_draining(self) -> None:
+        """Once, when the drain begins: no new connections, and idle ones closed."""
+        if self.listener.fileno() < 0:
+            return
+        log.info("shutting down: finishing requests in flight")
+        self.close_listener()
+        for conn in list(self.connections.values()):
+            if not conn.busy and conn.started is None:
+                self.close(conn)
+
+    def close_listener(self) -> None:
+        if self.listener.fileno() >= 0:
+            if self.listening:
+                self.selector.unregister(self.listener)
+                self.listening = False
+            self.listener.close()
+
+    def accept(self) -> None:
+        while len(self.connections) < 2 * self.max_connections:
             try:
                 sock, address = self.listener.accept()
+            except BlockingIOError:
+                return
             except OSError as err:
-                if self.draining:
-                    return
                 if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    time.sleep(0.1)  # out of descriptors or memory: let connections finish, do not spin
+                    # Out of descriptors or memory: let connections finish, do not spin.
+                    self.accept_after = time.monotonic() + 0.1
+                    return
                 continue  # ECONNABORTED and the like: keep serving the others
-            with self.lock:
-                saturated = self.make_room()
-                self.connections[sock] = None
             try:
-                threading.Thread(target=self.serve_connection, args=(sock, address[0], saturated), daemon=True).start()
-            except RuntimeError:  # no thread to be had (a task or memory limit)
-                log.warning("cannot start a thread: connection closed")
-                self.forget(sock)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # For threads, which wait on the socket; the loop never does.
+                _set_socket_timeouts(sock, self.tick, self.request_timeout)
+            except OSError:
                 sock.close()
-                time.sleep(0.1)
+                continue
+            now = time.monotonic()
+            saturated = self.make_room(now)
+            conn = _Connection(sock, address[0], saturated, now, self.idle_timeout)
+            with self.lock:
+                self.connections[sock] = conn
+            self.selector.register(sock, selectors.EVENT_READ, conn)
 
-    def make_room(self) -> bool:
-        """Whether a new connection must be answered 503 (called with the lock held).
+    def make_room(self, now: float) -> bool:
+        """Whether a new connection must be answered 503.
 
-        When the server is full, a keep-alive connection waiting for its next
-        request is closed to make room; if none is waiting, 503.
+        When the server is full, a connection waiting for a request is closed
+        to make room: a keep-alive one, or one silent for a tick since it was
+        accepted (a client sends its request as soon as it connects, so one
+        that has not yet may be about to). If none is waiting, 503.
         """
         if len(self.connections) < self.max_connections:
             return False
-        for other, waiting in self.connections.items():
+        for conn in self.connections.values():
             # Waiting with nothing received, in its buffer or in the kernel's:
             # a request already on its way must not be cut off.
-            if waiting is not None and not waiting.buffer and not _has_data(other):
-                _shutdown(other, socket.SHUT_RD)
-                self.connections[other] = None
+            waiting = conn.answered or now - conn.accepted >= self.tick
+            if waiting and not conn.busy and conn.started is None and not conn.reader.buffer and not _has_data(conn.sock):
+                self.close(conn)
                 return False
         return True
 
-    def forget(self, sock: socket.socket) -> None:
-        with self.lock:
-            del self.connections[sock]
-            self.lock.notify_all()
+    def close(self, conn: _Connection) -> None:
+        """Close a connection the loop holds."""
+        self.selector.unregister(conn.sock)
+        conn.sock.close()
+        self.forget(conn)
 
-    def drain(self, grace: float = 10.0) -> None:
-        """Stop accepting, wake idle keep-alive connections, let in-flight requests finish."""
+    def forget(self, conn: _Connection) -> None:
         with self.lock:
-            self.draining = True
-            self.lock.notify_all()
-            for sock, idle in self.connections.items():
-                if idle is not None:
-                    _shutdown(sock, socket.SHUT_RD)
-        # shutdown() wakes an accept() blocked in another thread; close() alone does not.
-        _shutdown(self.listener, socket.SHUT_RDWR)
-        self.listener.close()
-        deadline = time.monotonic() + grace
-        with self.lock:
-            while self.connections and time.monotonic() < deadline:
-                self.lock.wait(0.1)
-        if self.lines is not None:
-            self.lines.flush_within(1.0)
+            del self.connections[conn.sock]
 
-    def serve_connection(self, sock: socket.socket, client: str, saturated: bool) -> None:
-        reader = _Reader(sock)
-        linger = False
+    def receive(self, conn: _Connection) -> None:
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            _set_socket_timeouts(sock, self.tick, self.request_timeout)
-            keep_alive = True
-            while keep_alive:
-                keep_alive, linger = self.serve_request(sock, reader, client, saturated)
+            data = conn.sock.recv(65536, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:  # reset
+            data = b""
+        if not data:
+            self.close(conn)
+            return
+        conn.reader.buffer += data
+        self.advance(conn)
+
+    def advance(self, conn: _Connection) -> None:
+        """Answer the requests that have arrived on `conn`, or give it to a thread for one."""
+        reader = conn.reader
+        while True:
+            if conn.started is None:
+                # RFC 9112 §2.2: empty lines before a request (some clients send
+                # CRLF after a body) are ignored; the connection is still idle.
+                reader.skip_empty_lines()
+                if not reader.buffer:
+                    return
+                # The idle timeout ran until the first byte; the whole request now has request_timeout.
+                conn.started = time.monotonic()
+                conn.deadline = conn.started + self.request_timeout
+            environ: dict = {}
+            try:
+                head = reader.take_head()
+                if head is None:
+                    return  # the rest is on its way
+                request = _parse_head(head)
+                environ = self.environ(*request, conn.client)
+            except HTTPError as err:
+                request = err
+            if not self.answers_inline(conn, request, environ):
+                self.hand_off(conn, self.serve, request, environ, False)
+                return
+            try:
+                keep_alive, unread, rest = self.serve(conn, request, environ, True)
+            except OSError:  # the client reset the connection
+                self.close(conn)
+                return
+            if rest:  # the client is slow to take the answer: a thread waits for it
+                self.hand_off(conn, self.send_rest, rest, keep_alive, unread)
+                return
+            if not keep_alive:
+                if unread:
+                    self.hand_off(conn, self.linger)
+                else:
+                    self.close(conn)
+                return
+            conn.answered = True
+            conn.started = None
+            conn.deadline = time.monotonic() + self.idle_timeout
+
+    def answers_inline(self, conn: _Connection, request, environ: dict) -> bool:
+        """Whether the loop answers this request itself: it cannot wait on the client or on the app."""
+        if conn.saturated or isinstance(request, HTTPError):
+            return True  # answered without the app or the body
+        may_block = getattr(self.app, "may_block", None)
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        return len(conn.reader.buffer) >= length and may_block is not None and not may_block(environ)
+
+    def expire(self, now: float) -> None:
+        for conn in list(self.connections.values()):
+            if conn.busy or now < conn.deadline:
+                continue
+            if conn.started is None:
+                self.close(conn)  # idle too long
+                continue
+            # 408 for a stalled request; send() takes it whole: nothing else was sent on a stalled connection.
+            try:
+                self.serve(conn, HTTPError(408, "Request timed out"), {}, True)
+            except OSError:
+                pass
+            self.hand_off(conn, self.linger)
+
+    # ---- threads
+
+    def hand_off(self, conn: _Connection, task: Callable, *args) -> None:
+        """Serve `conn` on a thread of its own: task(conn, *args) -> (keep the connection, body left unread)."""
+        self.selector.unregister(conn.sock)
+        conn.busy = True
+        try:
+            threading.Thread(target=self.run, args=(conn, task, args), daemon=True).start()
+        except RuntimeError:  # no thread to be had (a task or memory limit)
+            log.warning("cannot start a thread: connection closed")
+            conn.sock.close()
+            self.forget(conn)
+
+    def run(self, conn: _Connection, task: Callable, args: tuple) -> None:
+        keep_alive = unread = False
+        try:
+            keep_alive, unread = task(conn, *args)[:2]
         except OSError:  # the client left, stalled (TimeoutError) or reset
             pass
         finally:
-            # Closed before its slot is given back, so lingering threads count against the limit.
-            if linger:
-                _discard_and_close(sock)
-            else:
-                sock.close()
-            self.forget(sock)
+            if not keep_alive:
+                # Closed before the loop takes it back, so lingering threads count against the limit.
+                if unread:
+                    _discard_and_close(conn.sock)
+                else:
+                    conn.sock.close()
+            self.returned.append((conn, keep_alive))
+            self.wake()
 
-    def serve_request(self, sock: socket.socket, reader: _Reader, client: str, saturated: bool) -> tuple:
-        """Serve one request; return (keep the connection, body left unread)."""
-        # Marked idle while it waits, so drain() and a full server may close it.
-        # A dict store is atomic, and draining is read after it: drain() either
-        # sees this connection idle or is seen here, so no lock per request.
-        self.connections[sock] = reader
+    @staticmethod
+    def send_rest(conn: _Connection, data: bytes, keep_alive: bool, unread: bool) -> tuple:
+        conn.sock.sendall(data)
+        return keep_alive, unread
+
+    @staticmethod
+    def linger(conn: _Connection) -> tuple:
+        return False, True
+
+    def take_back(self) -> None:
+        """Connections that threads are done with: closed ones forgotten, kept ones served on."""
         try:
+            while self.wakeup.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        while self.returned:
+            conn, keep_alive = self.returned.popleft()
+            conn.busy = False
+            if not keep_alive:
+                self.forget(conn)
+                continue
+            self.selector.register(conn.sock, selectors.EVENT_READ, conn)
             if self.draining:
-                return False, False
-            # RFC 9112 §2.2: empty lines before a request (some clients send
-            # CRLF after a body) are ignored; the connection is still idle.
-            reader.skip_empty_lines()
-            while not reader.buffer:
-                reader.fill(time.monotonic() + self.idle_timeout)
-                reader.skip_empty_lines()
-        finally:
-            self.connections[sock] = None
-        # The idle timeout ran until the first byte; the whole request now has request_timeout.
-        started = time.monotonic()
-        environ: dict = {}
+                self.close(conn)
+                continue
+            conn.answered = True
+            conn.started = None
+            conn.deadline = time.monotonic() + self.idle_timeout
+            self.advance(conn)  # a pipelined request may be in the buffer already
+
+    # ---- one request
+
+    def serve(self, conn: _Connection, request, environ: dict, inline: bool) -> tuple:
+        """Answer one request whose head was read: (keep the connection, body left unread, answer not yet sent).
+
+        `request` is the parsed head, or the HTTPError it caused. Inline (on the
+        loop), the whole body is in the buffer already, and the answer is sent
+        without waiting: what the socket does not take at once is returned.
+        """
+        reader = conn.reader
         method = target = "-"
+        body = None
         try:
-            head = reader.read_head(started + self.request_timeout)
-            method, target, version, headers = _parse_head(head)
-            environ = self.environ(method, target, version, headers, client)
+            if isinstance(request, HTTPError):
+                raise request
+            method, target, version, headers = request
             length = int(headers.get("CONTENT_LENGTH") or 0)
-            body = _Input(reader, length, started + self.request_timeout)
+            body = _Input(reader, length, conn.deadline)
             # RFC 9110 §10.1.1: a client that asked may wait for 100 before sending the body.
-            body.expects_continue = headers.get("HTTP_EXPECT", "").lower() == "100-continue" and length > 0
+            body.expects_continue = (
+                headers.get("HTTP_EXPECT", "").lower() == "100-continue" and len(reader.buffer) < length
+            )
             environ["wsgi.input"] = body
             keep_alive = self.keep_alive(version, headers)
-            if saturated:
+            if conn.saturated:
                 raise HTTPError(503, "Server is busy; try again", (("Retry-After", "1"),))
             status, response_headers, chunks = self.call(self.app, environ)
         except HTTPError as err:
@@ -1380,7 +1619,7 @@ class Server:
             )
             keep_alive, body = False, None
         except TimeoutError:
-            # 408 for a stalled request; an idle keep-alive connection just closes.
+            # The body stalled.
             status, response_headers, chunks = self.call(self.app.error_response, environ, 408, "Request timed out")
             keep_alive, body = False, None
         if keep_alive and body is not None and 0 < body.remaining <= MAX_SKIP_BYTES and not body.expects_continue:
@@ -1391,9 +1630,7 @@ class Server:
             except OSError:
                 keep_alive = False
         unread = body is None or body.remaining > 0
-        if unread:
-            keep_alive = False
-        if self.draining:
+        if unread or self.draining:
             keep_alive = False
         out = [b"HTTP/1.1 ", status.encode("latin-1"), b"\r\n", self.date()]
         for name, value in response_headers:
@@ -1405,18 +1642,26 @@ class Server:
         out.append(b"\r\n")
         out.extend(chunks)
         # One send per response: see the comment above the runner.
-        sock.sendall(b"".join(out))
+        data = b"".join(out)
+        if inline:
+            try:
+                data = data[conn.sock.send(data, socket.MSG_DONTWAIT) :]
+            except BlockingIOError:
+                pass
+        else:
+            conn.sock.sendall(data)
+            data = b""
         self.access_log(
             {
-                "client": client,
+                "client": conn.client,
                 # Any token is a method to HTTP: log only the common ones, so nothing else lands in the log.
                 "method": method if method in _LOGGED_METHODS else "-",
                 "path": _loggable_path(target),
                 "status": int(status[:3]),
-                "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                "duration_ms": round((time.monotonic() - (conn.started or time.monotonic())) * 1000, 1),
             }
         )
-        return keep_alive, unread
+        return keep_alive, unread, data
 
     def environ(self, method: str, target: str, version: str, headers: dict, client: str) -> dict:
         # Built from the request alone: never os.environ, where the secrets are.
@@ -1593,19 +1838,15 @@ def _serve(lines: StderrLines) -> int:
         return 1
 
     def stop(signum, frame):
-        raise KeyboardInterrupt
+        # A second signal during the drain ends the process at once.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        server.stop()
 
+    signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     log.info("listening on http://%s:%s (LiveKit URL %s)", server.address[0], server.address[1], settings.livekit_url)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    # A second signal during the drain ends the process at once.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    log.info("shutting down: finishing requests in flight")
-    server.drain()
+    server.serve_forever()
     return 0
 
 

@@ -159,6 +159,11 @@ class Running:
         with self.server.lock:
             return len(self.server.connections)
 
+    def all_busy(self) -> bool:
+        """Whether every connection has a request under way (none is idle, so none makes room)."""
+        with self.server.lock:
+            return all(conn.started is not None for conn in self.server.connections.values())
+
     def drain_and_join(self, grace: float) -> None:
         self.server.drain(grace=grace)
         self.thread.join(TIMEOUT)

@@ -315,7 +315,7 @@ def test_each_answer_is_one_send(live, monkeypatch):
     def spy(real):
         def wrapper(self, data, *args):
             try:
-                ours = self.getsockname()[1] == port
+                ours = self.family == socket.AF_INET and self.getsockname()[1] == port
             except OSError:
                 ours = False
             if ours:
@@ -719,7 +719,7 @@ def test_when_full_of_requests_in_progress_a_new_one_gets_503(start_server):
         for count in range(1, 5):
             busy.append(live.connect())
             busy[-1].sendall(b"GET /healthz HTTP/1.1\r\n")  # a head that never ends
-            assert wait_for(lambda: live.open_connections() == count and not any(live.server.connections.values()))
+            assert wait_for(lambda: live.open_connections() == count and live.all_busy())
         with live.connect() as sock:
             sock.sendall(token_request())
             response, rest = read_response(sock)
@@ -746,7 +746,7 @@ def test_connections_beyond_twice_the_limit_wait_in_the_backlog(start_server):
         for count in range(1, 9):
             held.append(live.connect())
             held[-1].sendall(b"GET /healthz HTTP/1.1\r\n")  # busy, not idle: none can make room
-            assert wait_for(lambda: live.open_connections() == count and not any(live.server.connections.values()))
+            assert wait_for(lambda: live.open_connections() == count and live.all_busy())
         threads = threading.active_count()
         waiting = live.connect()  # completes in the kernel's backlog
         waiting.sendall(HEALTHZ)
@@ -791,8 +791,6 @@ def test_drain_finishes_the_request_in_flight_and_closes_idle_connections(start_
         drainer.start()
         expect_closed(idle, idle_rest)  # woken at once, not after idle_timeout (30 s)
         assert time.monotonic() - started < 1.0
-        live.thread.join(TIMEOUT)
-        assert not live.thread.is_alive()  # serve_forever returned
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(live.address, timeout=TIMEOUT).close()
         assert drainer.is_alive()  # still waiting for the request in flight
@@ -804,6 +802,8 @@ def test_drain_finishes_the_request_in_flight_and_closes_idle_connections(start_
         expect_closed(busy, rest)  # the pipelined request is not served during the drain
         drainer.join(TIMEOUT)
         assert not drainer.is_alive()
+        live.thread.join(TIMEOUT)
+        assert not live.thread.is_alive()  # serve_forever returned
         assert live.open_connections() == 0
     finally:
         release.set()
