@@ -938,14 +938,18 @@ MAX_HEADERS = 100
 MAX_DISCARD_BYTES = 1024 * 1024
 # How much of an unread body to read past to keep a connection open.
 MAX_SKIP_BYTES = 64 * 1024
+# How much the event loop reads from a connection at a time. The loop answers
+# every whole request in what it read before it turns to other clients, so a
+# client pipelining small requests holds it for a few milliseconds at most.
+RECEIVE_BYTES = 16 * 1024
 
 # RFC 9110 §5.6.2: token = 1*tchar.
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _LOGGED_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
 # RFC 9112 §3.2: the request target is visible ASCII (RFC 3986 characters).
-_TARGET = re.compile(rb"[!-~]+")
+_TARGET = re.compile(r"[!-~]+")
 # RFC 9110 §5.5: field values hold no control characters but HTAB.
-_BAD_FIELD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_FIELD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class _Close(ConnectionError):
@@ -1054,16 +1058,17 @@ class _Input:
 
 def _parse_head(head: bytes) -> tuple:
     """(method, target, version, headers as WSGI environ keys). Raises HTTPError."""
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ")
+    # Latin-1 gives one character per byte: the checks below on the text are checks on the bytes.
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
     if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]):
         raise HTTPError(400, "Malformed request line")
-    method, target, version = (part.decode("latin-1") for part in parts)
+    method, target, version = parts
     if version not in ("HTTP/1.1", "HTTP/1.0"):
         if re.fullmatch(r"HTTP/[0-9]\.[0-9]", version):
             raise HTTPError(505, "Only HTTP/1.1 and HTTP/1.0 are supported")
         raise HTTPError(400, "Malformed request line")
-    if not _TARGET.fullmatch(parts[1]):
+    if not _TARGET.fullmatch(target):
         raise HTTPError(400, "Malformed request line")
     if not (target.startswith("/") or (target == "*" and method == "OPTIONS")):
         raise HTTPError(400, "Request target must be a path")
@@ -1071,27 +1076,25 @@ def _parse_head(head: bytes) -> tuple:
         raise HTTPError(431, "Too many header fields")
     headers: dict = {}
     for line in lines[1:]:
-        name, colon, value = line.partition(b":")
+        name, colon, value = line.partition(":")
         # A name with white space (obs-fold, or "Name :") is rejected, RFC 9112 §5.
         if not colon or not _TOKEN.fullmatch(name):
             raise HTTPError(400, "Malformed header field")
-        value = value.strip(b" \t")
+        value = value.strip(" \t")
         if _BAD_FIELD_VALUE.search(value):
             raise HTTPError(400, "Header field value has a control character")
-        name_text = name.decode("ascii")
-        if "_" in name_text:
+        if "_" in name:
             # WSGI spells "X-Auth" as HTTP_X_AUTH; "X_Auth" would pass for it.
             continue
-        key = name_text.upper().replace("-", "_")
+        key = name.upper().replace("-", "_")
         if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
             key = "HTTP_" + key
-        value_text = value.decode("latin-1")
         if key in headers:
             # Framing and routing headers must be unambiguous (RFC 9112 §6.3, §3.2).
             if key in ("CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING", "HTTP_HOST", "CONTENT_TYPE", "HTTP_AUTHORIZATION"):
                 raise HTTPError(400, "Repeated header field")
-            value_text = headers[key] + ", " + value_text
-        headers[key] = value_text
+            value = headers[key] + ", " + value
+        headers[key] = value
     if "HTTP_TRANSFER_ENCODING" in headers:
         # Chunked uploads are not needed by any client of this server; refusing
         # them also closes the Content-Length/Transfer-Encoding smuggling gap.
@@ -1104,19 +1107,25 @@ def _parse_head(head: bytes) -> tuple:
     return method, target, version, headers
 
 
-class _DateHeader:
-    """The Date header, formatted once a second."""
+class _PerSecond:
+    """format(second) for a Unix second, formatted once a second rather than once a request."""
 
-    def __init__(self) -> None:
+    def __init__(self, format: Callable[[int], str]) -> None:
+        self.format = format
         self.second = -1
-        self.line = b""
+        self.text = ""
 
-    def __call__(self) -> bytes:
-        now = int(time.time())
-        if now != self.second:
-            self.line = b"Date: " + email.utils.formatdate(now, usegmt=True).encode("ascii") + b"\r\n"
-            self.second = now
-        return self.line
+    def __call__(self, second: int) -> str:
+        if second != self.second:
+            # The text before the second: a thread that sees the new second sees its text.
+            self.text = self.format(second)
+            self.second = second
+        return self.text
+
+
+_DATE_HEADER = _PerSecond(lambda second: f"Date: {email.utils.formatdate(second, usegmt=True)}\r\n")
+_UTC_STAMP = _PerSecond(lambda second: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+_LOCAL_STAMP = _PerSecond(lambda second: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
 
 
 def access_message(fields: dict) -> str:
@@ -1126,7 +1135,7 @@ def access_message(fields: dict) -> str:
 
 
 def _json_line(now: float, level: str, message: str, fields: dict) -> str:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+    stamp = f"{_UTC_STAMP(int(now))}.{int(now * 1000) % 1000:03d}Z"
     return json.dumps({"time": stamp, "level": level, "message": message, **fields})
 
 
@@ -1140,12 +1149,10 @@ class _JSONFormatter(logging.Formatter):
 class StderrLines:
     """Lines for standard error, queued in memory and written in batches by one thread.
 
-    Writing each log line as it comes cost a fifth (access lines) to a third
-    (webhook events) of the throughput at 8 connections, measured here: a
-    write with the GIL let go and taken back by every thread. Queued, a line
-    costs an append; it reaches standard error at most FLUSH_SECONDS later,
-    warnings and errors at once. No request thread ever writes, so a stalled
-    standard error (a full pipe) cannot stall requests: past MAX_LINES, lines
+    A write per line is a system call per request, and the event loop must
+    never wait: a stalled standard error (a full pipe) would stall every
+    client. Queued, a line costs an append; it reaches standard error at most
+    FLUSH_SECONDS later, warnings and errors at once. Past MAX_LINES, lines
     are counted and dropped.
     """
 
@@ -1165,7 +1172,8 @@ class StderrLines:
             self.dropped += 1  # an approximate count is enough here
             return
         self.lines.append(line + "\n")
-        self.pending.set()
+        if not self.pending.is_set():  # set() takes a lock; most lines find it set already
+            self.pending.set()
         if urgent:
             self.urgent.set()
 
@@ -1217,8 +1225,7 @@ def _access_line(fields: dict, json_lines: bool) -> str:
     now = time.time()
     if json_lines:
         return _json_line(now, "INFO", access_message(fields), fields)
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-    return f"{stamp},{int(now * 1000) % 1000:03d} INFO {access_message(fields)}"
+    return f"{_LOCAL_STAMP(int(now))},{int(now * 1000) % 1000:03d} INFO {access_message(fields)}"
 
 
 class _Connection:
@@ -1303,7 +1310,6 @@ class Server:
         self.drain_deadline = math.inf
         self.serving = False
         self.stopped = threading.Event()
-        self.date = _DateHeader()
 
     # ---- the event loop
 
@@ -1323,7 +1329,7 @@ class Server:
                         self.accept()
                     elif key.fileobj is self.wakeup:
                         self.take_back()
-                    else:
+                    elif key.data.sock.fileno() >= 0:  # not closed earlier in this batch (to make room)
                         self.receive(key.data)
                 now = time.monotonic()
                 if now >= next_sweep:
@@ -1450,7 +1456,7 @@ class Server:
 
     def receive(self, conn: _Connection) -> None:
         try:
-            data = conn.sock.recv(65536, socket.MSG_DONTWAIT)
+            data = conn.sock.recv(RECEIVE_BYTES, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return
         except OSError:  # reset
@@ -1514,8 +1520,14 @@ class Server:
 
     def expire(self, now: float) -> None:
         for conn in list(self.connections.values()):
-            if conn.busy or now < conn.deadline:
+            if conn.busy or now < conn.deadline or conn.sock.fileno() < 0:
                 continue
+            if _has_data(conn.sock):
+                # Past the deadline, what has already arrived is still taken:
+                # a client is not cut off for the loop having been busy.
+                self.receive(conn)
+                if conn.busy or conn.sock.fileno() < 0 or now < conn.deadline:
+                    continue  # answered, handed off, closed, or a new request begun
             if conn.started is None:
                 self.close(conn)  # idle too long
                 continue
@@ -1632,17 +1644,15 @@ class Server:
         unread = body is None or body.remaining > 0
         if unread or self.draining:
             keep_alive = False
-        out = [b"HTTP/1.1 ", status.encode("latin-1"), b"\r\n", self.date()]
-        for name, value in response_headers:
-            out.append(f"{name}: {value}\r\n".encode("latin-1"))
+        head = [f"HTTP/1.1 {status}\r\n", _DATE_HEADER(int(time.time()))]
+        head += [f"{name}: {value}\r\n" for name, value in response_headers]
         if not keep_alive:
-            out.append(b"Connection: close\r\n")
+            head.append("Connection: close\r\n")
         elif environ.get("SERVER_PROTOCOL") == "HTTP/1.0":
-            out.append(b"Connection: keep-alive\r\n")
-        out.append(b"\r\n")
-        out.extend(chunks)
+            head.append("Connection: keep-alive\r\n")
+        head.append("\r\n")
         # One send per response: see the comment above the runner.
-        data = b"".join(out)
+        data = b"".join(["".join(head).encode("latin-1"), *chunks])
         if inline:
             try:
                 data = data[conn.sock.send(data, socket.MSG_DONTWAIT) :]
@@ -1669,7 +1679,7 @@ class Server:
         environ = {
             "REQUEST_METHOD": method,
             "SCRIPT_NAME": "",
-            "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
+            "PATH_INFO": unquote_to_bytes(path).decode("latin-1") if "%" in path else path,
             "QUERY_STRING": query,
             "SERVER_NAME": self.address[0],
             "SERVER_PORT": self.server_port,

@@ -101,7 +101,9 @@ def loads_object(data: bytes) -> dict:
     return value
 
 
-_COMPACT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+# No check for cycles (a cycle ends in RecursionError instead): claims are
+# built from strings and copies made through JSON, which cannot hold one.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), allow_nan=False, check_circular=False)
 
 
 def dumps_compact(value: object) -> str:

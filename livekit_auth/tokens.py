@@ -56,8 +56,9 @@ _TYPES = {"bool": bool, "str": str, "Tuple[str, ...]": tuple}
 
 def _check_fields(grants: object) -> None:
     """Check each field's type exactly (True is not a str, 1 is not a bool); None only where Optional."""
+    values = vars(grants)
     for name, kind, optional in _FIELD_TYPES[type(grants)]:
-        value = getattr(grants, name)
+        value = values[name]
         if value is None and optional:
             continue
         if type(value) is not kind or kind is tuple and not all(type(item) is str for item in value):
@@ -105,9 +106,10 @@ class VideoGrants:
 
     def to_wire(self) -> dict:
         """The claim as the SDK writes it: camelCase, None and "" left out."""
+        values = vars(self)
         wire = {}
         for name, wire_name in VIDEO_WIRE_NAMES.items():
-            value = getattr(self, name)
+            value = values[name]
             if value is not None and value != "":
                 wire[wire_name] = list(value) if type(value) is tuple else value
         return wire

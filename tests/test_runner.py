@@ -1051,3 +1051,62 @@ def test_main_with_an_unusable_host_exits_2_naming_it(host):
     finally:
         process.kill()
     assert "server.host (SERVER_HOST) is not an address of this machine" in process.stderr
+
+
+class SlowOnQuery:
+    """The real app, taking `seconds` on the event loop for requests with ?slow: the loop is held up."""
+
+    def __init__(self, app, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    def __call__(self, environ, start_response):
+        if environ["QUERY_STRING"] == "slow":
+            time.sleep(self.seconds)
+        return self.app(environ, start_response)
+
+    def __getattr__(self, name):
+        return getattr(self.app, name)  # may_block (False for /healthz) and error_response
+
+
+SLOW_HEALTHZ = build("GET", "/healthz?slow", [HOST])
+
+
+def test_a_connection_closed_to_make_room_is_not_read_in_the_same_turn(start_server):
+    # While the loop is held up, a new connection arrives and then an idle one
+    # closes: both come out of one select(). Making room closes the idle one;
+    # its end-of-file, next in the batch, must not be read from a closed socket.
+    live = start_server(max_connections=2, idle_timeout=30.0, request_timeout=30.0)
+    live.server.app = SlowOnQuery(live.server.app, 0.3)
+    idle, busy = live.connect(), live.connect()
+    try:
+        idle.sendall(HEALTHZ)
+        read_response(idle)
+        busy.sendall(SLOW_HEALTHZ)
+        time.sleep(0.1)
+        with live.connect() as new:
+            idle.close()
+            new.sendall(HEALTHZ)
+            assert read_response(new)[0].status == 200
+        assert read_response(busy)[0].status == 200
+        assert live.thread.is_alive()
+    finally:
+        idle.close()
+        busy.close()
+
+
+def test_a_request_sent_before_the_idle_deadline_is_answered_when_the_loop_was_busy(start_server):
+    live = start_server(idle_timeout=0.5, request_timeout=5.0)
+    live.server.app = SlowOnQuery(live.server.app, 0.3)
+    with live.connect() as waiting, live.connect() as busy:
+        waiting.sendall(HEALTHZ)
+        read_response(waiting)
+        idle_from = time.monotonic()
+        time.sleep(0.3)
+        busy.sendall(SLOW_HEALTHZ)  # holds the loop from 0.3 s to 0.6 s
+        time.sleep(0.1)
+        waiting.sendall(HEALTHZ)  # at 0.4 s, before the 0.5 s idle deadline; read after it
+        response, rest = read_response(waiting)
+        assert time.monotonic() - idle_from > 0.5
+        assert response.status == 200 and response.values("connection") == []
+        assert read_response(busy)[0].status == 200
