@@ -1289,7 +1289,7 @@ class Server:
         self.idle_timeout = settings.idle_timeout
         self.request_timeout = settings.request_timeout
         # How often deadlines are looked at.
-        self.tick = min(settings.idle_timeout, settings.request_timeout) / 10
+        self.tick = max(min(settings.idle_timeout, settings.request_timeout) / 10, 0.01)
         family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
         self.listener = socket.create_server((settings.host, settings.port), family=family, backlog=backlog)
         self.listener.setblocking(False)
@@ -1301,6 +1301,8 @@ class Server:
         # Changed by the loop alone; the lock is for readers in other threads.
         self.lock = threading.Lock()
         self.connections: dict = {}  # socket -> _Connection
+        # Connections with a pipelined request in their buffer, in order (a dict as an ordered set).
+        self.ready: dict = {}
         # Threads hand connections back here, then wake the loop.
         self.returned: collections.deque = collections.deque()
         self.wakeup, self.waker = socket.socketpair()
@@ -1324,13 +1326,19 @@ class Server:
                     if not self.connections or time.monotonic() >= self.drain_deadline:
                         break
                 self.listen_if_room()
-                for key, _ in self.selector.select(self.tick):
+                for key, _ in self.selector.select(0 if self.ready else self.tick):
                     if key.fileobj is self.listener:
                         self.accept()
                     elif key.fileobj is self.wakeup:
                         self.take_back()
-                    elif key.data.sock.fileno() >= 0:  # not closed earlier in this batch (to make room)
-                        self.receive(key.data)
+                    elif key.data.sock.fileno() >= 0 and key.data not in self.ready:
+                        # Not closed earlier in this batch (to make room), nor
+                        # holding a request that waits its turn: read nothing more yet.
+                        self.guard(self.receive, key.data)
+                # One request each, in turn.
+                for conn in list(self.ready):
+                    del self.ready[conn]
+                    self.guard(self.advance, conn)
                 now = time.monotonic()
                 if now >= next_sweep:
                     self.expire(now)
@@ -1468,47 +1476,50 @@ class Server:
         self.advance(conn)
 
     def advance(self, conn: _Connection) -> None:
-        """Answer the requests that have arrived on `conn`, or give it to a thread for one."""
+        """Answer the next request that has arrived whole on `conn`, or give it to a thread."""
         reader = conn.reader
-        while True:
-            if conn.started is None:
-                # RFC 9112 §2.2: empty lines before a request (some clients send
-                # CRLF after a body) are ignored; the connection is still idle.
-                reader.skip_empty_lines()
-                if not reader.buffer:
-                    return
-                # The idle timeout ran until the first byte; the whole request now has request_timeout.
-                conn.started = time.monotonic()
-                conn.deadline = conn.started + self.request_timeout
-            environ: dict = {}
-            try:
-                head = reader.take_head()
-                if head is None:
-                    return  # the rest is on its way
-                request = _parse_head(head)
-                environ = self.environ(*request, conn.client)
-            except HTTPError as err:
-                request = err
-            if not self.answers_inline(conn, request, environ):
-                self.hand_off(conn, self.serve, request, environ, False)
+        if conn.started is None:
+            # RFC 9112 §2.2: empty lines before a request (some clients send
+            # CRLF after a body) are ignored; the connection is still idle.
+            reader.skip_empty_lines()
+            if not reader.buffer:
                 return
-            try:
-                keep_alive, unread, rest = self.serve(conn, request, environ, True)
-            except OSError:  # the client reset the connection
+            # The idle timeout ran until the first byte; the whole request now has request_timeout.
+            conn.started = time.monotonic()
+            conn.deadline = conn.started + self.request_timeout
+        environ: dict = {}
+        try:
+            head = reader.take_head()
+            if head is None:
+                return  # the rest is on its way
+            request = _parse_head(head)
+            environ = self.environ(*request, conn.client)
+        except HTTPError as err:
+            request = err
+        if not self.answers_inline(conn, request, environ):
+            self.hand_off(conn, self.serve, request, environ, False)
+            return
+        try:
+            self.finish(conn, *self.serve(conn, request, environ, True))
+        except OSError:  # the client reset the connection
+            self.close(conn)
+
+    def finish(self, conn: _Connection, keep_alive: bool, unread: bool, rest: bytes) -> None:
+        """After the loop answered: wait for the next request, or close."""
+        if rest:  # the client is slow to take the answer: a thread waits for it
+            self.hand_off(conn, self.send_rest, rest, keep_alive, unread)
+        elif not keep_alive:
+            if unread:
+                self.hand_off(conn, self.linger)
+            else:
                 self.close(conn)
-                return
-            if rest:  # the client is slow to take the answer: a thread waits for it
-                self.hand_off(conn, self.send_rest, rest, keep_alive, unread)
-                return
-            if not keep_alive:
-                if unread:
-                    self.hand_off(conn, self.linger)
-                else:
-                    self.close(conn)
-                return
+        else:
             conn.answered = True
             conn.started = None
             conn.deadline = time.monotonic() + self.idle_timeout
+            if conn.reader.buffer:
+                # Pipelined: its next request waits until the others had their turn.
+                self.ready[conn] = None
 
     def answers_inline(self, conn: _Connection, request, environ: dict) -> bool:
         """Whether the loop answers this request itself: it cannot wait on the client or on the app."""
@@ -1520,23 +1531,35 @@ class Server:
 
     def expire(self, now: float) -> None:
         for conn in list(self.connections.values()):
-            if conn.busy or now < conn.deadline or conn.sock.fileno() < 0:
-                continue
-            if _has_data(conn.sock):
-                # Past the deadline, what has already arrived is still taken:
-                # a client is not cut off for the loop having been busy.
-                self.receive(conn)
-                if conn.busy or conn.sock.fileno() < 0 or now < conn.deadline:
-                    continue  # answered, handed off, closed, or a new request begun
-            if conn.started is None:
-                self.close(conn)  # idle too long
-                continue
-            # 408 for a stalled request; send() takes it whole: nothing else was sent on a stalled connection.
-            try:
-                self.serve(conn, HTTPError(408, "Request timed out"), {}, True)
-            except OSError:
-                pass
-            self.hand_off(conn, self.linger)
+            if not conn.busy and now >= conn.deadline and conn.sock.fileno() >= 0 and conn not in self.ready:
+                self.guard(self.time_out, conn)
+
+    def time_out(self, conn: _Connection) -> None:
+        if _has_data(conn.sock):
+            # Past the deadline, what has already arrived is still taken:
+            # a client is not cut off for the loop having been busy.
+            deadline = conn.deadline
+            self.receive(conn)
+            if conn.busy or conn.sock.fileno() < 0 or conn.deadline != deadline:
+                return  # answered, handed off, closed, or a new request begun
+        if conn.started is None:
+            self.close(conn)  # idle too long
+        else:
+            self.finish(conn, *self.serve(conn, HTTPError(408, "Request timed out"), {}, True))
+
+    def guard(self, step: Callable[[_Connection], None], conn: _Connection) -> None:
+        """step(conn); should it raise, that connection is lost, not the server."""
+        try:
+            step(conn)
+        except Exception as err:  # a bug, or an app or an access log that raised
+            log.error("runner error: %s", type(err).__name__)
+            self.ready.pop(conn, None)
+            if not conn.busy:
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.unregister(conn.sock)
+                conn.sock.close()
+                with self.lock:
+                    self.connections.pop(conn.sock, None)
 
     # ---- threads
 
@@ -1596,7 +1619,7 @@ class Server:
             conn.answered = True
             conn.started = None
             conn.deadline = time.monotonic() + self.idle_timeout
-            self.advance(conn)  # a pipelined request may be in the buffer already
+            self.guard(self.advance, conn)  # a pipelined request may be in the buffer already
 
     # ---- one request
 

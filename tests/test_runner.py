@@ -1110,3 +1110,51 @@ def test_a_request_sent_before_the_idle_deadline_is_answered_when_the_loop_was_b
         assert time.monotonic() - idle_from > 0.5
         assert response.status == 200 and response.values("connection") == []
         assert read_response(busy)[0].status == 200
+
+
+def test_a_pipelining_client_takes_turns_with_the_others(start_server):
+    # Fifty requests pipelined at once, 5 ms each on the loop: answered one a
+    # turn, so a request from another client is answered between two of them,
+    # not after all fifty (a quarter of a second).
+    live = start_server(request_timeout=5.0, idle_timeout=5.0)
+    live.server.app = SlowOnQuery(live.server.app, 0.005)
+    with live.connect() as pipelining, live.connect() as other:
+        pipelining.sendall(SLOW_HEALTHZ * 50)
+        time.sleep(0.02)
+        started = time.monotonic()
+        other.sendall(HEALTHZ)
+        response, _ = read_response(other)
+        waited = time.monotonic() - started
+        pipelining.setblocking(False)
+        answered_before = recv_all_available(pipelining).count(b"HTTP/1.1 200 OK")
+        assert response.status == 200
+        assert answered_before < 50 and waited < 0.15, (answered_before, waited)
+
+
+def recv_all_available(sock: socket.socket) -> bytes:
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except BlockingIOError:
+        pass
+    return data
+
+
+def test_an_error_while_answering_loses_that_connection_not_the_server(live, caplog):
+    def access_log(fields: dict) -> None:
+        if fields["path"] == "/healthz":
+            raise RuntimeError("the log sink failed")
+
+    live.server.access_log = access_log
+    with live.connect() as sock:
+        sock.sendall(HEALTHZ)
+        response, rest = read_response(sock)  # sent before the access line
+        assert response.status == 200
+        expect_closed(sock, rest)
+    with live.connect() as sock:
+        sock.sendall(token_request("after"))
+        response, _ = read_response(sock)
+        assert response.status == 200 and identity_of(response) == "after"
+    assert "runner error: RuntimeError" in caplog.text
+    assert wait_for(lambda: live.open_connections() == 0)
