@@ -16,7 +16,6 @@ import configparser
 import contextlib
 import dataclasses
 import datetime
-import email.utils
 import errno
 import functools
 import hashlib
@@ -1123,7 +1122,18 @@ class _PerSecond:
         return self.text
 
 
-_DATE_HEADER = _PerSecond(lambda second: f"Date: {email.utils.formatdate(second, usegmt=True)}\r\n")
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _date_header(second: int) -> str:
+    """RFC 9110 §5.6.7: the IMF-fixdate, in English whatever the locale (strftime's %a would not be)."""
+    t = time.gmtime(second)
+    day, month = _DAYS[t.tm_wday], _MONTHS[t.tm_mon - 1]
+    return f"Date: {day}, {t.tm_mday:02d} {month} {t.tm_year} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT\r\n"
+
+
+_DATE_HEADER = _PerSecond(_date_header)
 _UTC_STAMP = _PerSecond(lambda second: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
 _LOCAL_STAMP = _PerSecond(lambda second: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
 
