@@ -1447,17 +1447,20 @@ class Server:
         """Whether a new connection must be answered 503.
 
         When the server is full, a connection waiting for a request is closed
-        to make room: a keep-alive one, or one silent for a tick since it was
-        accepted (a client sends its request as soon as it connects, so one
-        that has not yet may be about to). If none is waiting, 503.
+        to make room: one its client has closed already, a keep-alive one, or
+        one silent for a tick since it was accepted (a client sends its
+        request as soon as it connects, so one that has not yet may be about
+        to). If none is waiting, 503.
         """
         if len(self.connections) < self.max_connections:
             return False
         for conn in self.connections.values():
-            # Waiting with nothing received, in its buffer or in the kernel's:
-            # a request already on its way must not be cut off.
-            waiting = conn.answered or now - conn.accepted >= self.tick
-            if waiting and not conn.busy and conn.started is None and not conn.reader.buffer and not _has_data(conn.sock):
+            # Nothing received, in its buffer or in the kernel's: a request
+            # already on its way must not be cut off.
+            if conn.busy or conn.started is not None or conn.reader.buffer:
+                continue
+            waiting = _peek(conn.sock)
+            if waiting == b"" or waiting is None and (conn.answered or now - conn.accepted >= self.tick):
                 self.close(conn)
                 return False
         return True
@@ -1545,7 +1548,7 @@ class Server:
                 self.guard(self.time_out, conn)
 
     def time_out(self, conn: _Connection) -> None:
-        if _has_data(conn.sock):
+        if _peek(conn.sock) is not None:
             # Past the deadline, what has already arrived is still taken:
             # a client is not cut off for the loop having been busy.
             deadline = conn.deadline
@@ -1769,12 +1772,14 @@ def _loggable_path(target: str) -> str:
     return path[:40] + ("..." if len(path) > 40 else "")
 
 
-def _has_data(sock: socket.socket) -> bool:
-    """Whether bytes wait to be read on `sock` (False at end of stream), without taking them."""
+def _peek(sock: socket.socket) -> Optional[bytes]:
+    """The next byte waiting on `sock`, left there; b"" at end of stream; None if nothing waits."""
     try:
-        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except OSError:  # BlockingIOError: nothing waiting
-        return False
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+    except OSError:  # reset: the next recv reports it
+        return b""
 
 
 def _shutdown(sock: socket.socket, how: int) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import datetime
 import hashlib
 import http.client
@@ -425,6 +426,9 @@ def main() -> int:
                     stop(proc)
         log_text = server_log_path.read_bytes()
     log_lines, errors = log_text.count(b"\n"), log_text.count(b" ERROR ")
+    # Access lines end "<method> <path> <status> <duration>ms": every answer that was not a 200.
+    statuses = re.findall(rb" [A-Z]+ \S+ ([0-9]{3}) [0-9.]+ms$", log_text, re.M)
+    not_200 = ", ".join(f"{n} × {s.decode()}" for s, n in sorted(collections.Counter(statuses).items()) if s != b"200")
 
     print("in-process timing", file=sys.stderr)
     micro, micro_note = in_process(authorization, repeat)
@@ -459,7 +463,8 @@ def main() -> int:
         "rate limit raised to 1,000,000 a minute (burst as many) so it never refuses, webhook dedupe off "
         "so each event takes the full path; "
         f"access log on as shipped, stderr to a temporary file ({log_lines:,} lines, "
-        f"{errors} at ERROR level). Floor: `bench/floor.py`, no logging. "
+        f"{errors} at ERROR level; answers other than 200: {not_200 or 'none'}). "
+        "Floor: `bench/floor.py`, no logging. "
         f"Webhook: a signed participant_joined event of {len(WEBHOOK_BODY)} bytes; "
         "livekit-api's receive also parses it into a protobuf WebhookEvent."
     )

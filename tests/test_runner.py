@@ -1158,3 +1158,22 @@ def test_an_error_while_answering_loses_that_connection_not_the_server(live, cap
         assert response.status == 200 and identity_of(response) == "after"
     assert "runner error: RuntimeError" in caplog.text
     assert wait_for(lambda: live.open_connections() == 0)
+
+
+def test_when_full_a_connection_its_client_closed_makes_room_at_once(start_server):
+    # A client that connects and closes at once (wrk does, to probe) is still
+    # counted until its end of stream is read. Accepted in the same turn as a
+    # new connection, it is closed to make room rather than the new one refused.
+    live = start_server(max_connections=2, idle_timeout=30.0, request_timeout=30.0)
+    live.server.app = SlowOnQuery(live.server.app, 0.3)
+    with live.connect() as busy:
+        # Holds the loop while the next two wait in the backlog; the start of a
+        # second request keeps it from being the one closed to make room.
+        busy.sendall(SLOW_HEALTHZ + b"GET /healthz HTTP/1.1\r\n")
+        time.sleep(0.1)
+        live.connect().close()
+        with live.connect() as new:
+            new.sendall(token_request("new"))
+            response, _ = read_response(new)
+            assert response.status == 200 and identity_of(response) == "new"
+        assert read_response(busy)[0].status == 200
