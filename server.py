@@ -1467,6 +1467,7 @@ class Server:
 
     def close(self, conn: _Connection) -> None:
         """Close a connection the loop holds."""
+        self.ready.pop(conn, None)
         self.selector.unregister(conn.sock)
         conn.sock.close()
         self.forget(conn)
