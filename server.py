@@ -1269,7 +1269,8 @@ class Server:
     the requests themselves, measured here (bench/).
 
     Up to `max_connections` connections are served at once; as many again are
-    answered 503 at once; beyond that, new connections wait in the listen backlog.
+    accepted and their request answered 503; beyond that, new connections wait
+    in the listen backlog.
     """
 
     def __init__(
@@ -1336,7 +1337,8 @@ class Server:
                     if not self.connections or time.monotonic() >= self.drain_deadline:
                         break
                 self.listen_if_room()
-                for key, _ in self.selector.select(0 if self.ready else self.tick):
+                turn = list(self.ready)  # queued before this turn's reads: one request each
+                for key, _ in self.selector.select(0 if turn else self.tick):
                     if key.fileobj is self.listener:
                         self.accept()
                     elif key.fileobj is self.wakeup:
@@ -1345,10 +1347,10 @@ class Server:
                         # Not closed earlier in this batch (to make room), nor
                         # holding a request that waits its turn: read nothing more yet.
                         self.guard(self.receive, key.data)
-                # One request each, in turn.
-                for conn in list(self.ready):
-                    del self.ready[conn]
-                    self.guard(self.advance, conn)
+                for conn in turn:
+                    if conn in self.ready:
+                        del self.ready[conn]
+                        self.guard(self.advance, conn)
                 now = time.monotonic()
                 if now >= next_sweep:
                     self.expire(now)
@@ -1407,8 +1409,13 @@ class Server:
         log.info("shutting down: finishing requests in flight")
         self.close_listener()
         for conn in list(self.connections.values()):
-            if not conn.busy and conn.started is None:
+            if not conn.busy and conn.started is None and not self.has_request(conn):
                 self.close(conn)
+
+    @staticmethod
+    def has_request(conn: _Connection) -> bool:
+        """Whether a request has begun to arrive: in the buffer, or in the kernel's."""
+        return bool(conn.reader.buffer or _peek(conn.sock))
 
     def close_listener(self) -> None:
         if self.listener.fileno() >= 0:
@@ -1457,7 +1464,8 @@ class Server:
         for conn in self.connections.values():
             # Nothing received, in its buffer or in the kernel's: a request
             # already on its way must not be cut off.
-            if conn.busy or conn.started is not None or conn.reader.buffer:
+            # One already bound for a 503 frees no place to serve from.
+            if conn.busy or conn.saturated or conn.started is not None or conn.reader.buffer:
                 continue
             waiting = _peek(conn.sock)
             if waiting == b"" or waiting is None and (conn.answered or now - conn.accepted >= self.tick):
@@ -1594,6 +1602,8 @@ class Server:
             keep_alive, unread = task(conn, *args)[:2]
         except OSError:  # the client left, stalled (TimeoutError) or reset
             pass
+        except Exception as err:  # a bug, or an app or an access log that raised
+            log.error("runner error: %s", type(err).__name__)
         finally:
             if not keep_alive:
                 # Closed before the loop takes it back, so lingering threads count against the limit.
@@ -1627,7 +1637,7 @@ class Server:
                 self.forget(conn)
                 continue
             self.selector.register(conn.sock, selectors.EVENT_READ, conn)
-            if self.draining:
+            if self.draining and not self.has_request(conn):
                 self.close(conn)
                 continue
             conn.answered = True

@@ -1177,3 +1177,58 @@ def test_when_full_a_connection_its_client_closed_makes_room_at_once(start_serve
             response, _ = read_response(new)
             assert response.status == 200 and identity_of(response) == "new"
         assert read_response(busy)[0].status == 200
+
+
+def test_a_connection_bound_for_a_503_never_makes_room(start_server):
+    # Full, and a third connection (to be answered 503) stays silent past a
+    # tick: closing it would free no place to serve from, so a fourth is
+    # answered 503 too, and the third still gets its 503.
+    live = start_server(max_connections=2, idle_timeout=1.0, request_timeout=5.0)
+    busy = [live.connect(), live.connect()]
+    try:
+        for sock in busy:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # a head that never ends
+        assert wait_for(lambda: live.open_connections() == 2 and live.all_busy())
+        with live.connect() as third:
+            time.sleep(0.2)  # past the tick (a tenth of the 1 s idle timeout)
+            with live.connect() as fourth:
+                fourth.sendall(token_request())
+                assert read_response(fourth)[0].error == (503, "Server is busy; try again")
+            third.sendall(token_request())
+            assert read_response(third)[0].error == (503, "Server is busy; try again")
+    finally:
+        for sock in busy:
+            sock.close()
+
+
+def test_a_request_that_arrived_before_the_drain_is_answered(start_server):
+    live = start_server(idle_timeout=30.0, request_timeout=5.0)
+    live.server.app = SlowOnQuery(live.server.app, 0.3)
+    with live.connect() as busy, live.connect() as waiting:
+        waiting.sendall(HEALTHZ)
+        read_response(waiting)
+        busy.sendall(SLOW_HEALTHZ)  # holds the loop
+        time.sleep(0.1)
+        waiting.sendall(HEALTHZ)  # arrives, unread, before the drain begins
+        live.server.stop(grace=TIMEOUT)
+        response, rest = read_response(waiting)
+        assert response.status == 200 and response.values("connection") == ["close"]
+        expect_closed(waiting, rest)
+        assert read_response(busy)[0].status == 200
+
+
+def test_an_error_on_a_thread_is_logged_without_a_traceback(live, caplog):
+    def access_log(fields: dict) -> None:
+        raise RuntimeError("the log sink failed")
+
+    live.server.access_log = access_log
+    request = token_request("late")
+    head, _, body = request.partition(b"\r\n\r\n")
+    with live.connect() as sock:
+        sock.sendall(head + b"\r\n\r\n")
+        time.sleep(0.05)  # the body comes late: a thread reads it
+        sock.sendall(body)
+        response, rest = read_response(sock)
+        assert response.status == 200 and identity_of(response) == "late"
+        expect_closed(sock, rest)
+    assert wait_for(lambda: "runner error: RuntimeError" in caplog.text)
