@@ -19,6 +19,10 @@ WORKDIR /app
 # root and read-only to the server's user: the process cannot change its own code.
 COPY server.py ./
 COPY livekit_auth/ ./livekit_auth/
+# Compiled once, here: the server then starts from this bytecode (-m below)
+# instead of compiling server.py at every start, which costs about 4 MiB of
+# memory and a part of the cold start.
+RUN python3 -m compileall -q server.py livekit_auth
 
 # A home for WEBHOOK_EVENT_FILE, writable by the server's user: a new named
 # volume mounted here starts with this owner.
@@ -40,6 +44,7 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 \
 
 # -E: no PYTHON* variable (PYTHONPATH, PYTHONSTARTUP...) can load other code;
 # -S: no site-packages, the standard library only; -B: no .pyc writes (the
-# code is read-only to this user anyway). Exec form: python3 is PID 1 and gets
-# `docker stop`'s SIGTERM itself, then finishes the requests in flight and exits 0.
-CMD ["python3", "-B", "-E", "-S", "server.py"]
+# code is read-only to this user anyway); -m server: server.py from the
+# bytecode compiled above. Exec form: python3 is PID 1 and gets `docker
+# stop`'s SIGTERM itself, then finishes the requests in flight and exits 0.
+CMD ["python3", "-B", "-E", "-S", "-m", "server"]
