@@ -922,7 +922,7 @@ def make_app(
 
 
 # --------------------------------------------------------------------------
-# The runner: HTTP/1.1 on sockets and threads, standard library only.
+# The runner: HTTP/1.1 on sockets, one event loop and threads, standard library only.
 #
 # http.server/wsgiref fall short here: wsgiref's simple_server closes every
 # connection and copies os.environ (secrets too) into each WSGI environ;
@@ -937,9 +937,9 @@ MAX_HEADERS = 100
 MAX_DISCARD_BYTES = 1024 * 1024
 # How much of an unread body to read past to keep a connection open.
 MAX_SKIP_BYTES = 64 * 1024
-# How much the event loop reads from a connection at a time. The loop answers
-# every whole request in what it read before it turns to other clients, so a
-# client pipelining small requests holds it for a few milliseconds at most.
+# How much the event loop reads from a connection at a time. A connection with
+# a request waiting its turn is not read from, so this bounds what a client
+# pipelining requests has waiting in its buffer.
 RECEIVE_BYTES = 16 * 1024
 
 # RFC 9110 §5.6.2: token = 1*tchar.
@@ -1462,9 +1462,9 @@ class Server:
         if len(self.connections) < self.max_connections:
             return False
         for conn in self.connections.values():
-            # Nothing received, in its buffer or in the kernel's: a request
-            # already on its way must not be cut off.
-            # One already bound for a 503 frees no place to serve from.
+            # Nothing received, in its buffer or in the kernel's (a request
+            # already on its way must not be cut off), and not bound for a
+            # 503 itself (closing it would free no place to serve from).
             if conn.busy or conn.saturated or conn.started is not None or conn.reader.buffer:
                 continue
             waiting = _peek(conn.sock)
@@ -1599,6 +1599,7 @@ class Server:
     def run(self, conn: _Connection, task: Callable, args: tuple) -> None:
         keep_alive = unread = False
         try:
+            # serve() also returns what is left to send: nothing, on a thread.
             keep_alive, unread = task(conn, *args)[:2]
         except OSError:  # the client left, stalled (TimeoutError) or reset
             pass
@@ -1793,13 +1794,6 @@ def _peek(sock: socket.socket) -> Optional[bytes]:
         return b""
 
 
-def _shutdown(sock: socket.socket, how: int) -> None:
-    try:
-        sock.shutdown(how)
-    except OSError:
-        pass
-
-
 def _discard_and_close(sock: socket.socket) -> None:
     """Close after an answer sent with the body unread (413, 400 ...).
 
@@ -1807,10 +1801,10 @@ def _discard_and_close(sock: socket.socket) -> None:
     the answer before the client reads it; so stop writing, swallow what the
     client still sends for a moment, then close.
     """
-    _shutdown(sock, socket.SHUT_WR)
     deadline = time.monotonic() + 2.0
     discarded = 0
     try:
+        sock.shutdown(socket.SHUT_WR)
         while discarded < MAX_DISCARD_BYTES and time.monotonic() < deadline:
             sock.settimeout(max(deadline - time.monotonic(), 0.01))
             data = sock.recv(65536)
