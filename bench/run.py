@@ -1,13 +1,17 @@
 """Benchmark the token server against the stdlib floor, on loopback, with wrk.
 
-    python3 bench/run.py                 # 2 interleaved rounds, 5 s per run, about 2.5 minutes
-    python3 bench/run.py --quick         # smoke run: 1 round, 1 s per run
+    python3 bench/run.py                   # 2 interleaved rounds, 5 s per run, about 2.5 minutes
+    python3 bench/run.py --quick           # smoke run: 1 round, 1 s per run
     python3 bench/run.py --rounds 4
+    python3 bench/run.py --baseline HEAD   # also REV's server.py, in the same rounds
+    python3 bench/run.py --frameworks      # also FastAPI (uvicorn) and Express, if installed
 
 Starts server.py and bench/floor.py on free 127.0.0.1 ports, drives them with
-wrk, and prints one Markdown table plus cold start, memory and in-process
-lines. Standard library only; livekit-api, when importable, is timed in-process
-next to livekit_auth. Needs wrk (apt-get install wrk) and Linux /proc.
+wrk, and prints one Markdown table plus ratio, cold start, memory and
+in-process lines. Standard library only; livekit-api, when importable, is
+timed in-process next to livekit_auth. The --frameworks targets need their own
+bench-only dependencies (bench/README.md). Needs wrk (apt-get install wrk) and
+Linux /proc.
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
+import dataclasses
 import datetime
 import hashlib
+import hmac
 import http.client
 import importlib.metadata
+import io
 import json
 import os
 import platform
@@ -30,10 +37,12 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import timeit
 from pathlib import Path
+from typing import Callable, Optional
 
 # Write nothing outside bench/: no __pycache__ in livekit_auth/ from this process.
 sys.dont_write_bytecode = True
@@ -46,7 +55,9 @@ from livekit_auth import AccessToken, TokenVerifier, VideoGrants, WebhookReceive
 API_KEY = "bench-key"
 API_SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 
-# Settings that differ from the shipped defaults, and why. Everything else is as shipped.
+# Settings that differ from the shipped defaults, and why. Everything else is as
+# shipped. Only settings that both the event-loop server (1b1b459) and the
+# http.server rebuild read: the baseline runs with the very same environment.
 SERVER_SETTINGS = {
     "LIVEKIT_API_KEY": API_KEY,
     "LIVEKIT_API_SECRET": API_SECRET,
@@ -59,6 +70,15 @@ SERVER_SETTINGS = {
     # all but the first would take the short "already seen" path.
     "WEBHOOK_DEDUPE_SECONDS": "0",
 }
+
+# The --frameworks targets: their app files, and their bench-only dependencies.
+FRAMEWORKS = REPO / "bench" / "frameworks"
+FRAMEWORKS_PYTHON = REPO / "bench" / ".venv-frameworks" / "bin" / "python"
+FASTAPI_INSTALL = (
+    "python3 -m venv bench/.venv-frameworks && "
+    "bench/.venv-frameworks/bin/pip install -r bench/frameworks/requirements.txt"
+)
+EXPRESS_INSTALL = "npm ci --prefix bench/frameworks"
 
 TOKEN_BODY = b'{"roomName":"Test Room","participantName":"Participant42"}'
 # A participant_joined event as LiveKit sends it (protobuf JSON, int64 as strings).
@@ -89,6 +109,21 @@ PAUSE = 0.3  # between wrk runs, so closed connections and their threads are gon
 # Processes
 
 
+@dataclasses.dataclass
+class Service:
+    """A process under test: how to start it, and what it serves."""
+
+    name: str  # "server", "baseline", "floor", "fastapi", "express"
+    argv: Callable[[int], list]  # port -> command line
+    cwd: Path
+    env: dict
+    log: Optional[Path]  # its stdout and stderr, appended; None: discarded
+    what: str  # for the report: what runs
+    webhook: bool = True  # serves POST /webhook
+    signed: bool = True  # its tokens are JWTs signed with the bench key (the floor's are not)
+    port_env: str = ""  # takes its port from this environment variable (server.py: SERVER_PORT)
+
+
 def free_port() -> int:
     # Bind port 0 and let go: the kernel will not hand it out again right away.
     with socket.socket() as sock:
@@ -96,8 +131,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(argv: list, env: dict, log) -> subprocess.Popen:
-    return subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+def start(service: Service, procs: list) -> tuple:
+    """Start `service` on a free port; (process, port). The process joins `procs`, to be stopped."""
+    port = free_port()
+    env = dict(service.env, **{service.port_env: str(port)}) if service.port_env else service.env
+    log = open(service.log, "ab") if service.log else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(
+            service.argv(port), cwd=service.cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+        )
+    finally:
+        if service.log:
+            log.close()  # the child has its own copy
+    procs.append(proc)
+    return proc, port
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -125,7 +172,7 @@ def wait_ready(proc: subprocess.Popen, port: int) -> float:
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with status {proc.returncode} before answering")
+            raise RuntimeError(f"{shlex.join(map(str, proc.args))} exited with status {proc.returncode} before answering")
         try:
             status, _ = post(port, "/token", TOKEN_BODY, {"Content-Type": "application/json"})
             if status == 200:
@@ -133,11 +180,11 @@ def wait_ready(proc: subprocess.Popen, port: int) -> float:
         except OSError:
             pass  # not listening yet
         time.sleep(0.002)
-    raise RuntimeError(f"{proc.args} did not answer 200 within {READY_TIMEOUT:.0f} s")
+    raise RuntimeError(f"{shlex.join(map(str, proc.args))} did not answer 200 within {READY_TIMEOUT:.0f} s")
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (proc(5): fields 14 and 15, after the ')' of comm)."""
+    """utime + stime of a process, all its threads (proc(5): fields 14 and 15, after the ')' of comm)."""
     with open(f"/proc/{pid}/stat") as file:
         fields = file.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -149,6 +196,136 @@ def memory_mib(pid: int, field: str) -> float:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024  # kB
     raise RuntimeError(f"no {field} in /proc/{pid}/status")
+
+
+# --------------------------------------------------------------------------
+# The baseline and the frameworks
+
+
+def materialize(rev: str, dest: Path) -> str:
+    """REV's server.py and livekit_auth/ into `dest` (git archive, nothing else touched); '<sha> <subject>'."""
+    git = ["git", "-C", str(REPO)]
+    found = subprocess.run(git + ["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], capture_output=True, text=True)
+    if found.returncode != 0:
+        raise SystemExit(f"--baseline {rev}: not a commit of this repository")
+    sha = found.stdout.strip()
+    archive = subprocess.run(git + ["archive", "--format=tar", sha, "server.py", "livekit_auth"], capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"--baseline {rev}: {archive.stderr.decode(errors='replace').strip()}")
+    dest.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, filter="data")
+        else:  # Python before 3.11.4; our own repository's archive
+            tar.extractall(dest)
+    subject = subprocess.run(git + ["log", "-1", "--format=%s", sha], capture_output=True, text=True).stdout.strip()
+    return f"{sha[:12]}, “{subject[:50]}{'…' if len(subject) > 50 else ''}”"
+
+
+# Imports what the FastAPI app needs; prints the versions, and which of uvloop and httptools are there.
+_FASTAPI_PROBE = """
+import importlib.metadata, importlib.util, json
+import fastapi, uvicorn, livekit.api
+names = ["fastapi", "uvicorn", "livekit-api"] + [n for n in ("uvloop", "httptools") if importlib.util.find_spec(n)]
+print(json.dumps({name: importlib.metadata.version(name) for name in names}))
+"""
+
+
+def fastapi_service(base_env: dict, log: Path) -> tuple:
+    """(Service or None, a note): FastAPI on uvicorn, one worker, with uvloop and httptools when installed."""
+    if not FRAMEWORKS_PYTHON.exists():
+        return None, f"FastAPI skipped: no bench/.venv-frameworks; install with `{FASTAPI_INSTALL}`"
+    # No bytecode written: the app's own is compiled at each start (a few ms);
+    # the packages' was compiled by pip at install time.
+    env = dict(base_env, PYTHONDONTWRITEBYTECODE="1", LIVEKIT_API_KEY=API_KEY, LIVEKIT_API_SECRET=API_SECRET)
+    probe = subprocess.run([str(FRAMEWORKS_PYTHON), "-c", _FASTAPI_PROBE], env=env, capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        error = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        return None, f"FastAPI skipped: bench/.venv-frameworks lacks a package ({error}); install with `{FASTAPI_INSTALL}`"
+    versions = json.loads(probe.stdout)
+    options = ["--workers", "1"]
+    options += ["--loop", "uvloop"] if "uvloop" in versions else ["--loop", "asyncio"]
+    options += ["--http", "httptools"] if "httptools" in versions else ["--http", "h11"]
+    argv = [str(FRAMEWORKS_PYTHON), "-m", "uvicorn", "fastapi_app:app", "--app-dir", str(FRAMEWORKS), "--host", "127.0.0.1"]
+    listed = ", ".join(f"{name} {version}" for name, version in versions.items())
+    what = (
+        f"`uvicorn fastapi_app:app --port PORT {' '.join(options)}` (bench/frameworks/fastapi_app.py, "
+        f"async def, a pydantic model for the body; {listed}; uvicorn's access log on, as by default)"
+    )
+    service = Service("fastapi", lambda port: argv + ["--port", str(port)] + options, REPO, env, log, what)
+    return service, ""
+
+
+def express_service(base_env: dict) -> tuple:
+    """(Service or None, a note): Express with livekit-server-sdk, one node process."""
+    node = shutil.which("node")
+    if node is None:
+        return None, "Express skipped: node is not installed"
+    versions = {}
+    for package in ("express", "livekit-server-sdk"):
+        manifest = FRAMEWORKS / "node_modules" / package / "package.json"
+        if not manifest.exists():
+            return None, f"Express skipped: bench/frameworks/node_modules lacks {package}; install with `{EXPRESS_INSTALL}`"
+        versions[package] = json.loads(manifest.read_text())["version"]
+    node_version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    # NODE_ENV=production, as Express's own guide asks of a deployment.
+    env = dict(base_env, NODE_ENV="production", LIVEKIT_API_KEY=API_KEY, LIVEKIT_API_SECRET=API_SECRET)
+    listed = ", ".join(f"{name} {version}" for name, version in versions.items())
+    what = (
+        f"`node bench/frameworks/express_app.js PORT` (Node {node_version}, {listed}, NODE_ENV=production; "
+        "no access log, as Express has none by default)"
+    )
+    service = Service("express", lambda port: [node, str(FRAMEWORKS / "express_app.js"), str(port)], REPO, env, None, what)
+    return service, ""
+
+
+# --------------------------------------------------------------------------
+# Access logs
+
+# One pattern a line, the first that matches; the status is group 1.
+_STATUS_PATTERNS = (
+    # The event-loop server's plain lines: "... INFO 127.0.0.1 POST /token 200 0.4ms".
+    re.compile(rb" [A-Z]+ \S+ ([0-9]{3}) [0-9.]+ms$"),
+    # logfmt-style lines: "time=... level=INFO msg=request client=... method=POST path=/token status=200 duration_ms=0.4".
+    re.compile(rb'(?:^|\s)status="?([0-9]{3})\b'),
+    # uvicorn's: 'INFO:     127.0.0.1:39250 - "POST /token HTTP/1.1" 200 OK'.
+    re.compile(rb'HTTP/[0-9.]+" ([0-9]{3})\b'),
+)
+_ERROR_LINE = re.compile(rb" ERROR |(?:^|\s)level=\"?ERROR\b|^ERROR:")
+_DROPPED = re.compile(rb"^([0-9]+) log lines dropped")
+
+
+def read_log(data: bytes) -> dict:
+    """Lines, lines at ERROR level, dropped lines reported, and a Counter of answers by status."""
+    statuses: collections.Counter = collections.Counter()
+    errors = dropped = 0
+    lines = data.splitlines()
+    for line in lines:
+        if _ERROR_LINE.search(line):
+            errors += 1
+        dropped_here = _DROPPED.match(line)
+        if dropped_here:
+            dropped += int(dropped_here.group(1))
+            continue
+        for pattern in _STATUS_PATTERNS:
+            found = pattern.search(line)
+            if found:
+                statuses[found.group(1).decode()] += 1
+                break
+    return {"lines": len(lines), "errors": errors, "dropped": dropped, "statuses": statuses}
+
+
+def describe_log(summary: dict) -> str:
+    not_200 = ", ".join(f"{n:,} × {s}" for s, n in sorted(summary["statuses"].items()) if s != "200")
+    text = (
+        f"{summary['lines']:,} lines, {summary['statuses']['200']:,} answers 200, {summary['errors']} at ERROR level; "
+        f"answers other than 200: {not_200 or 'none'}"
+    )
+    if summary["dropped"]:
+        text += f"; {summary['dropped']:,} lines dropped by the server"
+    if summary["lines"] and not summary["statuses"]:
+        text += "; NO ACCESS LINE RECOGNISED: a log format read_log() does not know"
+    return text
 
 
 # --------------------------------------------------------------------------
@@ -255,6 +432,7 @@ def spread(values: list, fmt: str) -> str:
     return f"{fmt.format(mid)} ({fmt.format(low)}–{fmt.format(high)})"
 
 
+
 def table(results: dict, targets: list) -> list:
     lines = [
         "| target | load | req/s | p50 ms | p99 ms | non-2xx | CPU ms/req |",
@@ -276,36 +454,64 @@ def table(results: dict, targets: list) -> list:
 # --------------------------------------------------------------------------
 
 
-def cold_starts(launchers: dict, python: str, env: dict, count: int) -> dict:
+def cold_starts(services: list, procs: list, python: str, env: dict, count: int) -> dict:
     """Milliseconds from process start to the first 200 on POST /token, `count`
     times each, in turn, after one warm-up each (which also fills the bytecode
     cache). "python3 -c pass" to exit is timed alongside, as the interpreter's share."""
-    times: dict = {"interpreter": [], **{name: [] for name in launchers}}
+    times: dict = {"interpreter": [], **{service.name: [] for service in services}}
     for attempt in range(count + 1):
         started = time.perf_counter()
         subprocess.run([python, "-c", "pass"], env=env, check=True, timeout=READY_TIMEOUT)
         if attempt:
             times["interpreter"].append((time.perf_counter() - started) * 1000)
-        for name, launch in launchers.items():
+        for service in services:
             started = time.perf_counter()
-            proc, port = launch()
+            proc, port = start(service, procs)
             ready = wait_ready(proc, port)
             stop(proc)
             if attempt:
-                times[name].append((ready - started) * 1000)
+                times[service.name].append((ready - started) * 1000)
     return times
 
 
-def check_answers(port: int, authorization: str) -> None:
-    """Fail before timing anything if the server does not answer 200: a benchmark of 401s says nothing."""
+def hs256_claims(token: str) -> dict:
+    """The claims of a JWT signed HS256 with the bench secret; raises if it is not.
+
+    Checked here with hmac, not with livekit_auth: the bench does not lean on the code it measures."""
+
+    def decode(segment: str) -> bytes:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+    header, payload, signature = token.split(".")
+    expected = hmac.new(API_SECRET.encode(), f"{header}.{payload}".encode("ascii"), hashlib.sha256).digest()
+    if json.loads(decode(header)).get("alg") != "HS256" or not hmac.compare_digest(decode(signature), expected):
+        raise RuntimeError(f"not an HS256 token signed with the bench secret: {token[:80]}…")
+    claims = json.loads(decode(payload))
+    if claims.get("iss") != API_KEY or not claims.get("video", {}).get("roomJoin"):
+        raise RuntimeError(f"token claims not from the bench key or without roomJoin: {claims}")
+    return claims
+
+
+def check_answers(service: Service, port: int, authorization: str) -> None:
+    """Fail before timing anything if a target does not answer 200: a benchmark of 401s says nothing."""
     status, data = post(port, "/token", TOKEN_BODY, {"Content-Type": "application/json"})
     if status != 200:
-        raise RuntimeError(f"server answered POST /token with {status}: {data[:200]!r}")
-    TokenVerifier(API_KEY, API_SECRET).verify(json.loads(data)["token"])
-    headers = {"Content-Type": "application/webhook+json", "Authorization": authorization}
-    status, data = post(port, "/webhook", WEBHOOK_BODY, headers)
-    if status != 200:
-        raise RuntimeError(f"server answered POST /webhook with {status}: {data[:200]!r}")
+        raise RuntimeError(f"{service.name} answered POST /token with {status}: {data[:200]!r}")
+    token = json.loads(data)["token"]
+    if service.signed:
+        claims = hs256_claims(token)
+        if claims.get("sub") != "Participant42" or claims.get("video", {}).get("room") != "Test Room":
+            raise RuntimeError(f"{service.name}'s token is not for Participant42 in Test Room: {claims}")
+    if service.webhook:
+        headers = {"Content-Type": "application/webhook+json", "Authorization": authorization}
+        status, data = post(port, "/webhook", WEBHOOK_BODY, headers)
+        if status != 200:
+            raise RuntimeError(f"{service.name} answered POST /webhook with {status}: {data[:200]!r}")
+        # A webhook without a valid signature must be refused, or the 200 above proves nothing.
+        headers["Authorization"] = authorization[:-4] + ("AAAA" if not authorization.endswith("AAAA") else "BBBB")
+        status, _ = post(port, "/webhook", WEBHOOK_BODY, headers)
+        if status < 400:
+            raise RuntimeError(f"{service.name} answered a badly signed webhook with {status}")
 
 
 def load_rounds(wrk: str, targets: list, rounds: int, duration: int) -> dict:
@@ -320,20 +526,20 @@ def load_rounds(wrk: str, targets: list, rounds: int, duration: int) -> dict:
                 run = run_wrk(wrk, url, script, conns, close, duration)
                 run["cpu_ms"] = (cpu_seconds(proc.pid) - before) * 1000 / max(run["requests"], 1)
                 results.setdefault((name, load), []).append(run)
-                print(f"round {round_number + 1}/{rounds}  {name:16} {load:15} {run['rate']:8,.0f} req/s", file=sys.stderr)
+                print(f"round {round_number + 1}/{rounds}  {name:18} {load:15} {run['rate']:8,.0f} req/s", file=sys.stderr)
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited during the run")
                 time.sleep(PAUSE)
     return results
 
 
-def ratios(results: dict) -> str:
+def ratios(results: dict, numerator: str, denominator: str) -> str:
     # Runs side by side in the same round share the machine's mood: their
     # ratio is steadier than either number on a noisy machine.
     parts = []
     for load, _, _ in LOADS:
-        pairs = zip(results["server /token", load], results["floor /token", load])
-        parts.append(f"{load} {statistics.median(s['rate'] / f['rate'] for s, f in pairs):.2f}")
+        pairs = zip(results[numerator, load], results[denominator, load])
+        parts.append(f"{load} {statistics.median(a['rate'] / b['rate'] for a, b in pairs):.2f}")
     return "; ".join(parts)
 
 
@@ -345,6 +551,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="Benchmark server.py against the stdlib floor with wrk.")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s per wrk run, 1 round")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 2; 1 with --quick)")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run REV's server.py (and its livekit_auth/), from git, as 'baseline', in the same rounds",
+    )
+    parser.add_argument(
+        "--frameworks",
+        action="store_true",
+        help="also FastAPI on uvicorn and Express, where their bench-only dependencies are installed",
+    )
     args = parser.parse_args()
     rounds = args.rounds if args.rounds is not None else 1 if args.quick else 2
     if not 1 <= rounds <= 20:
@@ -366,69 +582,109 @@ def main() -> int:
     # The real interpreter, not a venv wrapper or a pyenv shim, which add
     # their own start-up time to the cold start.
     python = getattr(sys, "_base_executable", "") or sys.executable
-    runs = len(LOADS) * 3 * rounds
-    estimate = runs * (duration + PAUSE + 0.1) + 3 * (starts + 1) * 0.1 + 4 * (0.5 + 0.25 * repeat)
-    print(f"about {estimate:.0f} s: {runs} wrk runs of {duration} s, cold starts, in-process timing", file=sys.stderr)
     load_before = Path("/proc/loadavg").read_text().split()[0]
 
     with tempfile.TemporaryDirectory(prefix="lk-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        # A clean environment: nothing from ours leaks into the server's
+        # A clean environment: nothing from ours leaks into the targets'
         # settings. Bytecode goes to the temp dir, not to __pycache__ in the repo.
         env = {"PATH": os.environ.get("PATH", ""), "PYTHONPYCACHEPREFIX": str(tmp / "pycache")}
         server_env = dict(env, **SERVER_SETTINGS)
-        server_log_path = tmp / "server.log"
+        server_what = "`python3 server.py` (the working tree)"
+        services = [
+            Service(
+                "server",
+                lambda port: [python, "server.py"],
+                REPO,
+                server_env,
+                tmp / "server.log",
+                server_what,
+                port_env="SERVER_PORT",
+            ),
+            Service(
+                "floor",
+                lambda port: [python, "bench/floor.py", str(port)],
+                REPO,
+                env,
+                None,
+                "`python3 bench/floor.py PORT`, no logging",
+                webhook=False,
+                signed=False,
+            ),
+        ]
+        notes = []
+        if args.baseline:
+            baseline_dir = tmp / "baseline"
+            described = materialize(args.baseline, baseline_dir)
+            services.append(
+                Service(
+                    "baseline",
+                    lambda port: [python, "server.py"],
+                    baseline_dir,
+                    server_env,
+                    tmp / "baseline.log",
+                    f"`python3 server.py` with server.py and livekit_auth/ of {args.baseline} = {described}, "
+                    "from `git archive` into a temporary directory",
+                    port_env="SERVER_PORT",
+                )
+            )
+        if args.frameworks:
+            for service, note in (fastapi_service(env, tmp / "fastapi.log"), express_service(env)):
+                if service:
+                    services.append(service)
+                else:
+                    notes.append(note)
+                    print(note, file=sys.stderr)
+        by_name = {service.name: service for service in services}
+        # Load targets, in the order of a round: each server's /token next to the floor's, then webhooks.
+        paths = [("/token", name) for name in ("server", "baseline", "floor", "fastapi", "express")]
+        paths += [("/webhook", name) for name in ("server", "baseline", "fastapi", "express")]
+        paths = [(path, name) for path, name in paths if name in by_name]
+
+        runs = len(LOADS) * len(paths) * rounds
+        estimate = runs * (duration + PAUSE + 0.1) + len(services) * (starts + 1) * 0.3 + 4 * (0.5 + 0.25 * repeat)
+        print(
+            f"about {estimate:.0f} s: {runs} wrk runs of {duration} s, cold starts, in-process timing", file=sys.stderr
+        )
 
         # A webhook signed as LiveKit signs it, valid for the whole run.
         ttl = datetime.timedelta(seconds=3600 + runs * (duration + 5))
         digest = base64.b64encode(hashlib.sha256(WEBHOOK_BODY).digest()).decode("ascii")
         authorization = AccessToken(API_KEY, API_SECRET).with_sha256(digest).with_ttl(ttl).to_jwt()
-        token_script = lua_script(tmp / "token.lua", "application/json", TOKEN_BODY)
-        webhook_script = lua_script(tmp / "webhook.lua", "application/webhook+json", WEBHOOK_BODY, authorization)
+        scripts = {
+            "/token": lua_script(tmp / "token.lua", "application/json", TOKEN_BODY),
+            "/webhook": lua_script(tmp / "webhook.lua", "application/webhook+json", WEBHOOK_BODY, authorization),
+        }
 
         procs: list = []
-        with open(server_log_path, "ab") as server_log:
-
-            def launch_server() -> tuple:
-                port = free_port()
-                procs.append(start([python, "server.py"], dict(server_env, SERVER_PORT=str(port)), server_log))
-                return procs[-1], port
-
-            def launch_floor() -> tuple:
-                port = free_port()
-                procs.append(start([python, "bench/floor.py", str(port)], env, subprocess.DEVNULL))
-                return procs[-1], port
-
-            try:
-                cold = cold_starts({"server": launch_server, "floor": launch_floor}, python, env, starts)
-                server, server_port = launch_server()
-                floor, floor_port = launch_floor()
-                wait_ready(server, server_port)
-                wait_ready(floor, floor_port)
-                check_answers(server_port, authorization)
-                idle = {"server": memory_mib(server.pid, "VmRSS"), "floor": memory_mib(floor.pid, "VmRSS")}
-                targets = [
-                    ("server /token", server, f"http://127.0.0.1:{server_port}/token", token_script),
-                    ("floor /token", floor, f"http://127.0.0.1:{floor_port}/token", token_script),
-                    ("server /webhook", server, f"http://127.0.0.1:{server_port}/webhook", webhook_script),
-                ]
-                results = load_rounds(wrk, targets, rounds, duration)
-                loaded = {
-                    name: (memory_mib(proc.pid, "VmRSS"), memory_mib(proc.pid, "VmHWM"))
-                    for name, proc in (("server", server), ("floor", floor))
-                }
-            except BaseException:
-                # The server's log goes with the temp dir: show its end first.
-                sys.stderr.write(server_log_path.read_text(errors="replace")[-2000:])
-                raise
-            finally:
-                for proc in procs:
-                    stop(proc)
-        log_text = server_log_path.read_bytes()
-    log_lines, errors = log_text.count(b"\n"), log_text.count(b" ERROR ")
-    # Access lines end "<method> <path> <status> <duration>ms": every answer that was not a 200.
-    statuses = re.findall(rb" [A-Z]+ \S+ ([0-9]{3}) [0-9.]+ms$", log_text, re.M)
-    not_200 = ", ".join(f"{n} × {s.decode()}" for s, n in sorted(collections.Counter(statuses).items()) if s != b"200")
+        try:
+            cold = cold_starts(services, procs, python, env, starts)
+            running = {service.name: start(service, procs) for service in services}
+            for service in services:
+                wait_ready(*running[service.name])
+            for service in services:
+                check_answers(service, running[service.name][1], authorization)
+            idle = {name: memory_mib(proc.pid, "VmRSS") for name, (proc, _) in running.items()}
+            targets = [
+                (f"{name} {path}", running[name][0], f"http://127.0.0.1:{running[name][1]}{path}", scripts[path])
+                for path, name in paths
+            ]
+            results = load_rounds(wrk, targets, rounds, duration)
+            loaded = {
+                name: (memory_mib(proc.pid, "VmRSS"), memory_mib(proc.pid, "VmHWM"))
+                for name, (proc, _) in running.items()
+            }
+        except BaseException:
+            # The logs go with the temp dir: show their ends first.
+            for service in services:
+                if service.log and service.log.exists():
+                    sys.stderr.write(f"--- {service.name}'s log, its end:\n")
+                    sys.stderr.write(service.log.read_text(errors="replace")[-2000:])
+            raise
+        finally:
+            for proc in procs:
+                stop(proc)
+        logs = {service.name: read_log(service.log.read_bytes()) for service in services if service.log}
 
     print("in-process timing", file=sys.stderr)
     micro, micro_note = in_process(authorization, repeat)
@@ -436,22 +692,35 @@ def main() -> int:
     interpreter = "python3" if sys.executable == python else os.path.relpath(sys.executable, REPO)
     command = shlex.join([interpreter, os.path.relpath(os.path.abspath(sys.argv[0]), REPO), *sys.argv[1:]])
     wrk_version = subprocess.run([wrk, "-v"], capture_output=True, text=True, timeout=10).stdout.split(" [")[0]
+    names = [service.name for service in services]
     out = [
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
         f"Python {platform.python_version()}, nproc {os.cpu_count()}, {wrk_version}; "
         f"load average {load_before} when the run began.",
         f"Command, from the repo root: `{command}`. {rounds} interleaved round(s), {duration} s per run, "
-        "median (min–max) across rounds. wrk, the server and the floor share the same cores, on loopback.",
+        "median (min–max) across rounds. wrk and every target share the same cores, on loopback; "
+        "one target at a time is under load.",
         "",
         *table(results, [target[0] for target in targets]),
         "",
-        f"- Server /token req/s over the floor's, same round and load (median): {ratios(results)}.",
+        "Req/s ratios, from runs side by side in the same round and load (median across rounds):",
+        f"- server /token over floor /token: {ratios(results, 'server /token', 'floor /token')}.",
+    ]
+    if "baseline" in by_name:
+        for path in ("/token", "/webhook"):
+            out.append(f"- server {path} over baseline {path} (new / old): {ratios(results, f'server {path}', f'baseline {path}')}.")
+    for name in ("fastapi", "express"):
+        if name in by_name:
+            for path in ("/token", "/webhook"):
+                out.append(f"- server {path} over {name} {path}: {ratios(results, f'server {path}', f'{name} {path}')}.")
+    out += [
+        "",
         f"- Cold start, process start to first 200 on POST /token, median (min–max) of {starts}: "
-        f"server {spread(cold['server'], '{:.0f}')} ms, floor {spread(cold['floor'], '{:.0f}')} ms "
-        f"(interpreter alone, `python3 -c pass`: {spread(cold['interpreter'], '{:.0f}')} ms).",
-        f"- RSS: server {idle['server']:.1f} MiB idle, {loaded['server'][0]:.1f} MiB after load "
-        f"(peak {loaded['server'][1]:.1f}); floor {idle['floor']:.1f} MiB idle, "
-        f"{loaded['floor'][0]:.1f} MiB after load (peak {loaded['floor'][1]:.1f}).",
+        + ", ".join(f"{name} {spread(cold[name], '{:.0f}')} ms" for name in names)
+        + f" (interpreter alone, `python3 -c pass`: {spread(cold['interpreter'], '{:.0f}')} ms).",
+        "- RSS, idle after start / after load (peak), MiB: "
+        + "; ".join(f"{name} {idle[name]:.1f} / {loaded[name][0]:.1f} ({loaded[name][1]:.1f})" for name in names)
+        + ".",
     ]
     for kind in ("token", "webhook"):
         timings = ", ".join(f"{library} {us:.1f} µs" for (k, library), us in micro.items() if k == kind)
@@ -459,15 +728,21 @@ def main() -> int:
     if micro_note:
         out.append(f"- {micro_note}.")
     out.append(
-        f"- Server: `python3 server.py` ({python}), key {API_KEY!r}, {len(API_SECRET)}-character secret, "
-        "rate limit raised to 1,000,000 a minute (burst as many) so it never refuses, webhook dedupe off "
-        "so each event takes the full path; "
-        f"access log on as shipped, stderr to a temporary file ({log_lines:,} lines, "
-        f"{errors} at ERROR level; answers other than 200: {not_200 or 'none'}). "
-        "Floor: `bench/floor.py`, no logging. "
-        f"Webhook: a signed participant_joined event of {len(WEBHOOK_BODY)} bytes; "
+        f"- {'Server and baseline run' if 'baseline' in by_name else 'Server runs'} under {python} "
+        f"with {'the same ' if 'baseline' in by_name else ''}settings: key {API_KEY!r}, "
+        f"{len(API_SECRET)}-character secret, rate limit raised to 1,000,000 a minute (burst as many) so it "
+        "never refuses, webhook dedupe off so each event takes the full path; access log on as shipped, "
+        "stdout and stderr to a temporary file, its answers counted by status from the log "
+        "(one 401 per target with a webhook: the check that a badly signed one is refused). "
+        + ("The frameworks sign with the same key and secret. " if set(by_name) & {"fastapi", "express"} else "")
+        + f"Webhook: a signed participant_joined event of {len(WEBHOOK_BODY)} bytes; "
         "livekit-api's receive also parses it into a protobuf WebhookEvent."
     )
+    for service in services:
+        log_text = f" Log: {describe_log(logs[service.name])}." if service.name in logs else ""
+        out.append(f"- {service.name}: {service.what}.{log_text}")
+    for note in notes:
+        out.append(f"- {note}.")
     print("\n".join(out))
     return 0
 

@@ -1,7 +1,8 @@
-"""Strict decoders shared by token and webhook verification (private).
+"""Strict decoders shared by token and webhook verification, and the compact JSON encoder.
 
-Each raises ValueError with a fixed message; callers turn it into the
-LiveKitAuthError subclass that fits where the input came from.
+Each decoder raises ValueError with a fixed message; verification turns it into
+the LiveKitAuthError subclass that fits where the input came from. The package
+exports loads_object and dumps_compact; the base64url pair stays private.
 """
 
 import base64
@@ -31,8 +32,12 @@ def b64url_decode(segment: str) -> bytes:
     return raw
 
 
+class _Refused(ValueError):
+    """A rule of loads_object broken inside the parser; its message is the phrase to raise."""
+
+
 def _reject_constant(name: str) -> None:
-    raise ValueError("NaN and Infinity are not JSON")
+    raise _Refused("has NaN or Infinity")
 
 
 def _finite_float(text: str) -> float:
@@ -40,23 +45,20 @@ def _finite_float(text: str) -> float:
     # Infinity by another spelling, so it is refused like the literal.
     value = float(text)
     if math.isinf(value):
-        raise ValueError("number out of range")
+        raise _Refused("has NaN or Infinity")
     return value
 
 
 def _object_without_duplicates(pairs: list) -> dict:
     obj = dict(pairs)
     if len(obj) != len(pairs):
-        raise ValueError("duplicate key in JSON object")
+        raise _Refused("has a duplicate key")
     return obj
 
 
 _DECODER = json.JSONDecoder(
-    object_pairs_hook=_object_without_duplicates,
-    parse_constant=_reject_constant,
-    parse_float=_finite_float,
+    object_pairs_hook=_object_without_duplicates, parse_constant=_reject_constant, parse_float=_finite_float
 )
-
 
 # Deeper than any LiveKit message; shallow enough that code walking the result
 # recursively (json.dumps, a webhook handler) stays far from the recursion limit.
@@ -77,27 +79,33 @@ def _deeper_than(value: object, limit: int) -> bool:
 def loads_object(data: bytes) -> dict:
     """Parse UTF-8 JSON text (RFC 8259) whose top level must be an object.
 
-    Rejects other encodings (json.loads on bytes would also take UTF-16/32),
-    duplicate keys, NaN/Infinity (also as a number that overflows to it, like
-    1e400), unpaired surrogates, and nesting deeper than MAX_JSON_DEPTH;
-    every failure is a ValueError.
+    Raises ValueError whose message is the rule broken: "is not UTF-8" (json.loads
+    would also take UTF-16/32), "is not valid JSON" (also an integer longer than
+    sys.get_int_max_str_digits()), "has a duplicate key", "has NaN or Infinity"
+    (also a number that overflows to it, like 1e400), "has an unpaired surrogate",
+    "is nested too deeply" (past MAX_JSON_DEPTH), "is not a JSON object".
     """
     try:
         text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("is not UTF-8") from None
+    try:
         value = _DECODER.decode(text)
         if _SURROGATE_ESCAPE.search(text):
             json.dumps(value, ensure_ascii=False).encode("utf-8")
     except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-    except ValueError:
-        # UnicodeDecodeError, JSONDecodeError, the hooks above, and integers
-        # longer than sys.get_int_max_str_digits() are all ValueErrors.
-        raise ValueError("not valid JSON") from None
+        raise ValueError("is nested too deeply") from None
+    except UnicodeEncodeError:
+        raise ValueError("has an unpaired surrogate") from None
+    except _Refused as refused:
+        raise ValueError(str(refused)) from None
+    except ValueError:  # JSONDecodeError, and int() of too many digits
+        raise ValueError("is not valid JSON") from None
     if type(value) is not dict:
-        raise ValueError("JSON is not an object")
+        raise ValueError("is not a JSON object")
     # Counting brackets is cheap and bounds the depth, so most documents skip the walk.
     if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
-        raise ValueError("JSON nested too deeply")
+        raise ValueError("is nested too deeply")
     return value
 
 

@@ -29,29 +29,20 @@ _HEADER_SEGMENT = b64url_encode(b'{"alg":"HS256","typ":"JWT"}')
 # Wire names of the video grant, in the SDK's field order. One explicit table,
 # used both ways: for writing tokens and for reading them back.
 VIDEO_WIRE_NAMES = {
-    "room_create": "roomCreate",
-    "room_list": "roomList",
-    "room_record": "roomRecord",
-    "room_admin": "roomAdmin",
-    "room_join": "roomJoin",
-    "room": "room",
-    "destination_room": "destinationRoom",
-    "can_publish": "canPublish",
-    "can_subscribe": "canSubscribe",
-    "can_publish_data": "canPublishData",
-    "can_publish_sources": "canPublishSources",
-    "can_update_own_metadata": "canUpdateOwnMetadata",
-    "ingress_admin": "ingressAdmin",
-    "hidden": "hidden",
-    "recorder": "recorder",
-    "agent": "agent",
-    "can_manage_agent_session": "canManageAgentSession",
+    "room_create": "roomCreate", "room_list": "roomList", "room_record": "roomRecord", "room_admin": "roomAdmin",
+    "room_join": "roomJoin", "room": "room", "destination_room": "destinationRoom", "can_publish": "canPublish",
+    "can_subscribe": "canSubscribe", "can_publish_data": "canPublishData", "can_publish_sources": "canPublishSources",
+    "can_update_own_metadata": "canUpdateOwnMetadata", "ingress_admin": "ingressAdmin", "hidden": "hidden",
+    "recorder": "recorder", "agent": "agent", "can_manage_agent_session": "canManageAgentSession",
     "can_subscribe_metrics": "canSubscribeMetrics",
 }
 
 
-# The type each annotation (a string, under `from __future__ import annotations`) stands for.
-_TYPES = {"bool": bool, "str": str, "Tuple[str, ...]": tuple}
+# (type, None allowed) for each annotation, a string under `from __future__ import annotations`.
+_TYPES = {
+    "bool": (bool, False), "str": (str, False), "Optional[bool]": (bool, True), "Optional[str]": (str, True),
+    "Optional[Tuple[str, ...]]": (tuple, True),
+}
 
 
 def _check_fields(grants: object) -> None:
@@ -59,20 +50,10 @@ def _check_fields(grants: object) -> None:
     values = vars(grants)
     for name, kind, optional in _FIELD_TYPES[type(grants)]:
         value = values[name]
-        if value is None and optional:
-            continue
-        if type(value) is not kind or kind is tuple and not all(type(item) is str for item in value):
+        if not (value is None and optional) and (
+            type(value) is not kind or kind is tuple and not all(type(item) is str for item in value)
+        ):
             raise ValueError(f"grant field {name} has the wrong type")
-
-
-def _field_types(cls: type) -> tuple:
-    """(name, type, optional) for each field, read once from the annotations."""
-    fields = []
-    for field in dataclasses.fields(cls):
-        optional = field.type.startswith("Optional[")
-        kind = field.type[len("Optional[") : -1] if optional else field.type
-        fields.append((field.name, _TYPES[kind], optional))
-    return tuple(fields)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -138,7 +119,10 @@ class SIPGrants:
         return cls(**{name: claim[name] for name in ("admin", "call") if name in claim})
 
 
-_FIELD_TYPES = {cls: _field_types(cls) for cls in (VideoGrants, SIPGrants)}
+_FIELD_TYPES = {
+    cls: tuple((field.name, *_TYPES[field.type]) for field in dataclasses.fields(cls))
+    for cls in (VideoGrants, SIPGrants)
+}
 
 
 def _require_str(value: object, what: str) -> str:
@@ -147,8 +131,44 @@ def _require_str(value: object, what: str) -> str:
     return value
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Claims:
+    """What a token says: AccessToken.claims while one is built, and what TokenVerifier.verify returns.
+
+    The SDK's field names; room_config is the JSON object. While building, an
+    unset claim reads as the default here. verify reads absent attributes as
+    {} and sets issuer, not_before, expires_at and payload (every claim as decoded).
+    """
+
+    identity: str = ""
+    name: str = ""
+    kind: str = ""
+    metadata: str = ""
+    video: Optional[VideoGrants] = None
+    sip: Optional[SIPGrants] = None
+    attributes: Optional[dict] = None
+    sha256: str = ""
+    room_preset: str = ""
+    room_config: Optional[dict] = None
+    issuer: str = ""
+    not_before: Optional[int] = None
+    expires_at: Optional[int] = None
+    payload: dict = dataclasses.field(default_factory=dict)
+
+
+# Claims fields to_jwt writes before sub, iss, nbf and exp: the SDK's order, and their wire names.
+_PAYLOAD_ORDER = (
+    ("name", "name"), ("kind", "kind"), ("metadata", "metadata"), ("video", "video"), ("sip", "sip"),
+    ("attributes", "attributes"), ("sha256", "sha256"), ("room_preset", "roomPreset"), ("room_config", "roomConfig"),
+)
+
+
 class AccessToken:
-    """Builds one access token: chain the with_* calls, then call to_jwt()."""
+    """Builds one access token: chain the with_* calls, then call to_jwt().
+
+    Each with_* call checks its argument's type (ValueError). As in the SDK,
+    `claims` reads what they set, and `ttl` is the lifetime.
+    """
 
     def __init__(self, api_key: str, api_secret: str) -> None:
         # Unlike the SDK, no fallback to environment variables: the caller decides.
@@ -156,41 +176,39 @@ class AccessToken:
             raise ValueError("api_key and api_secret must be non-empty strings")
         self.api_key = api_key
         self._mac = hmac.new(api_secret.encode("utf-8"), digestmod=hashlib.sha256)
-        self.identity = ""
         self.ttl = DEFAULT_TTL
-        self.name = ""
-        self.kind = ""
-        self.metadata = ""
-        self.video: Optional[VideoGrants] = None
-        self.sip: Optional[SIPGrants] = None
-        self.attributes: Optional[dict] = None
-        self.sha256 = ""
-        self.room_preset = ""
-        self.room_config: Optional[dict] = None
+        self._claims: dict = {}  # Claims field -> value, as set by the with_* calls
+
+    @property
+    def claims(self) -> Claims:
+        """What the with_* calls set so far, as a frozen Claims; the others read as its defaults."""
+        return Claims(**self._claims)
+
+    @property
+    def identity(self) -> str:
+        """The identity (sub claim), as the SDK's AccessToken.identity; also in claims.identity."""
+        return self._claims.get("identity", "")
+
+    def _set(self, field: str, value: object) -> "AccessToken":
+        self._claims[field] = value
+        return self
 
     def with_identity(self, identity: str) -> "AccessToken":
-        self.identity = _require_str(identity, "identity")
-        return self
+        return self._set("identity", _require_str(identity, "identity"))
 
     def with_name(self, name: str) -> "AccessToken":
-        self.name = _require_str(name, "name")
-        return self
+        return self._set("name", _require_str(name, "name"))
 
     def with_kind(self, kind: str) -> "AccessToken":
-        self.kind = _require_str(kind, "kind")
-        return self
+        return self._set("kind", _require_str(kind, "kind"))
 
     def with_metadata(self, metadata: str) -> "AccessToken":
-        self.metadata = _require_str(metadata, "metadata")
-        return self
+        return self._set("metadata", _require_str(metadata, "metadata"))
 
     def with_attributes(self, attributes: dict) -> "AccessToken":
-        if type(attributes) is not dict or not all(
-            type(k) is str and type(v) is str for k, v in attributes.items()
-        ):
+        if type(attributes) is not dict or not all(type(k) is str and type(v) is str for k, v in attributes.items()):
             raise ValueError("attributes must be a dict of strings to strings")
-        self.attributes = dict(attributes)
-        return self
+        return self._set("attributes", dict(attributes))
 
     def with_ttl(self, ttl: datetime.timedelta) -> "AccessToken":
         if not isinstance(ttl, datetime.timedelta) or ttl.total_seconds() < 1:
@@ -201,22 +219,18 @@ class AccessToken:
     def with_grants(self, grants: VideoGrants) -> "AccessToken":
         if not isinstance(grants, VideoGrants):
             raise ValueError("grants must be VideoGrants")
-        self.video = grants
-        return self
+        return self._set("video", grants)
 
     def with_sip_grants(self, grants: SIPGrants) -> "AccessToken":
         if not isinstance(grants, SIPGrants):
             raise ValueError("grants must be SIPGrants")
-        self.sip = grants
-        return self
+        return self._set("sip", grants)
 
     def with_sha256(self, sha256: str) -> "AccessToken":
-        self.sha256 = _require_str(sha256, "sha256")
-        return self
+        return self._set("sha256", _require_str(sha256, "sha256"))
 
     def with_room_preset(self, preset: str) -> "AccessToken":
-        self.room_preset = _require_str(preset, "room preset")
-        return self
+        return self._set("room_preset", _require_str(preset, "room preset"))
 
     def with_room_config(self, config: dict) -> "AccessToken":
         """A RoomConfiguration as a JSON object (agent dispatch lives here), written as given.
@@ -229,47 +243,31 @@ class AccessToken:
         try:
             # A copy through JSON: later changes to `config` do not reach the
             # token, and what cannot be written as JSON fails here.
-            self.room_config = json.loads(dumps_compact(config))
+            return self._set("room_config", json.loads(dumps_compact(config)))
         except (TypeError, ValueError, RecursionError):
             raise ValueError("room config must hold only JSON values, nested within reason") from None
-        return self
 
-    def claims(self, now: float) -> dict:
-        """The payload, in the SDK's key order."""
-        video = self.video
-        if video is not None and video.room_join and (not self.identity or not video.room):
+    def _payload(self, now: float) -> dict:
+        """The JWT payload in the SDK's key order, leaving out unset claims and "" as it does."""
+        claims, identity = self._claims, self._claims.get("identity", "")
+        video = claims.get("video")
+        if video is not None and video.room_join and (not identity or not video.room):
             raise ValueError("identity and room must be set when joining a room")
-        claims: dict = {}
-        if self.name:
-            claims["name"] = self.name
-        if self.kind:
-            claims["kind"] = self.kind
-        if self.metadata:
-            claims["metadata"] = self.metadata
-        if video is not None:
-            claims["video"] = video.to_wire()
-        if self.sip is not None:
-            claims["sip"] = self.sip.to_wire()
-        if self.attributes is not None:
-            claims["attributes"] = self.attributes
-        if self.sha256:
-            claims["sha256"] = self.sha256
-        if self.room_preset:
-            claims["roomPreset"] = self.room_preset
-        if self.room_config is not None:
-            claims["roomConfig"] = self.room_config
-        claims["sub"] = self.identity
-        claims["iss"] = self.api_key
-        claims["nbf"] = math.floor(now)
-        claims["exp"] = math.floor(now + self.ttl.total_seconds())
-        return claims
+        payload = {}
+        for field, wire in _PAYLOAD_ORDER:
+            value = claims.get(field, "")
+            if value != "":
+                payload[wire] = value.to_wire() if field in ("video", "sip") else value
+        payload.update(sub=identity, iss=self.api_key, nbf=math.floor(now))
+        payload["exp"] = math.floor(now + self.ttl.total_seconds())
+        return payload
 
     def to_jwt(self, *, now: Optional[float] = None) -> str:
         """Sign the claims with HS256. `now` (Unix seconds) defaults to the system clock.
 
         Raises ValueError when the grant joins a room without an identity or a room.
         """
-        payload = dumps_compact(self.claims(time.time() if now is None else now))
+        payload = dumps_compact(self._payload(time.time() if now is None else now))
         signing_input = f"{_HEADER_SEGMENT}.{b64url_encode(payload.encode('ascii'))}"
         mac = self._mac.copy()
         mac.update(signing_input.encode("ascii"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import hmac
@@ -10,14 +9,8 @@ import time
 from typing import Callable, Mapping, Optional
 
 from ._strict import b64url_decode, loads_object
-from .errors import (
-    BadSignature,
-    MalformedToken,
-    TokenExpired,
-    TokenNotYetValid,
-    WrongIssuer,
-)
-from .tokens import SIPGrants, VideoGrants
+from .errors import BadSignature, MalformedToken, TokenExpired, TokenNotYetValid, WrongIssuer
+from .tokens import Claims, SIPGrants, VideoGrants
 
 # LiveKit's own leeway for clock skew between the token's minter and its reader.
 DEFAULT_LEEWAY = datetime.timedelta(minutes=1)
@@ -33,26 +26,6 @@ _NULLABLE_GRANT_CLAIMS = ("agent", "agentEndpoint", "agentThread")
 
 # Claims whose type LiveKit fixes, read into Claims when present.
 _STRING_CLAIMS = ("sub", "name", "kind", "metadata", "sha256", "roomPreset", "jti")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Claims:
-    """What a verified token says. `payload` keeps every claim as decoded."""
-
-    identity: str
-    name: str
-    kind: str
-    metadata: str
-    video: Optional[VideoGrants]
-    sip: Optional[SIPGrants]
-    attributes: dict
-    sha256: str
-    room_preset: str
-    room_config: Optional[dict]
-    issuer: str
-    not_before: Optional[int]
-    expires_at: int
-    payload: dict
 
 
 def _numeric_date(payload: dict, name: str) -> Optional[int]:
@@ -88,13 +61,8 @@ class TokenVerifier:
     """
 
     def __init__(
-        self,
-        api_key: str = "",
-        api_secret: str = "",
-        *,
-        keys: Optional[Mapping[str, str]] = None,
-        leeway: datetime.timedelta = DEFAULT_LEEWAY,
-        clock: Callable[[], float] = time.time,
+        self, api_key: str = "", api_secret: str = "", *, keys: Optional[Mapping[str, str]] = None,
+        leeway: datetime.timedelta = DEFAULT_LEEWAY, clock: Callable[[], float] = time.time,
     ) -> None:
         pairs = dict(keys or {})
         if api_key or api_secret:
@@ -104,10 +72,7 @@ class TokenVerifier:
         for key, secret in pairs.items():
             if type(key) is not str or type(secret) is not str or not key or not secret:
                 raise ValueError("api_key and api_secret must be non-empty strings")
-        self._macs = {
-            key: hmac.new(secret.encode("utf-8"), digestmod=hashlib.sha256)
-            for key, secret in pairs.items()
-        }
+        self._macs = {key: hmac.new(secret.encode("utf-8"), digestmod=hashlib.sha256) for key, secret in pairs.items()}
         self._leeway = leeway.total_seconds()
         self._clock = clock
 
@@ -199,20 +164,10 @@ class TokenVerifier:
             raise MalformedToken("token grants have a field of the wrong type") from None
 
         return Claims(
-            identity=payload.get("sub", ""),
-            name=payload.get("name", ""),
-            kind=payload.get("kind", ""),
-            metadata=payload.get("metadata", ""),
-            video=video,
-            sip=sip,
-            attributes=attributes,
-            sha256=payload.get("sha256", ""),
-            room_preset=payload.get("roomPreset", ""),
-            room_config=room_config,
-            issuer=issuer,
-            not_before=not_before,
-            expires_at=expires_at,
-            payload=payload,
+            identity=payload.get("sub", ""), name=payload.get("name", ""), kind=payload.get("kind", ""),
+            metadata=payload.get("metadata", ""), video=video, sip=sip, attributes=attributes,
+            sha256=payload.get("sha256", ""), room_preset=payload.get("roomPreset", ""), room_config=room_config,
+            issuer=issuer, not_before=not_before, expires_at=expires_at, payload=payload,
         )
 
 

@@ -1,10 +1,10 @@
-"""Verifying LiveKit webhook requests.
+"""Verifying LiveKit webhook requests, and reading their events.
 
 LiveKit Server POSTs the event as JSON (Content-Type application/webhook+json)
 and puts a JWT in Authorization whose sha256 claim is the standard, padded
 base64 of SHA-256 over the exact body bytes. The body is protobuf-JSON (int64
 as strings, spacing LiveKit chooses), so it is hashed as received, never
-re-serialized.
+re-serialized, and read field by field as protobuf would read it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Optional, Union
 
 from ._strict import loads_object
 from .errors import MalformedToken, MalformedWebhook, WebhookBodyMismatch
-from .verification import Claims, TokenVerifier
+from .tokens import Claims
+from .verification import TokenVerifier
 
 # Standard base64 (RFC 4648 §4) of 32 bytes: 43 characters and one "=".
 _SHA256_BASE64 = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
@@ -25,21 +26,99 @@ _SHA256_BASE64 = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
 # WebhookEvent fields that hold messages (protobuf JSON names).
 _EVENT_OBJECTS = ("room", "participant", "track", "egressInfo", "ingressInfo", "job")
 
+# protobuf-JSON writes int64 as a string; at most 20 digits, so int() stays cheap.
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
+
+
+class _Message:
+    """A protobuf message read from its JSON object (protobuf-JSON, as LiveKit writes it)."""
+
+    def __init__(self, data: dict) -> None:
+        if type(data) is not dict:
+            raise MalformedWebhook("event is not a JSON object")
+        self._data = data
+
+    def to_dict(self) -> dict:
+        """The JSON object read (the same dict, not a copy)."""
+        return self._data
+
+
+def _field(name: str, default: object) -> property:
+    """Reads field `name` by its JSON name; `default` is what an absent field reads as, and gives its kind."""
+    first, *rest = name.split("_")
+    wire = first + "".join(word.title() for word in rest)  # protobuf's JSON name: lowerCamelCase
+
+    def read(message: _Message) -> object:
+        value = message._data.get(wire)
+        if value is None:  # absent, or null: the default, as protobuf reads it
+            return default({}) if isinstance(default, type) else default
+        if isinstance(default, type):  # a message class, or dict for a map of strings to strings
+            if type(value) is dict and (default is not dict or all(type(v) is str for v in value.values())):
+                return default(value)
+        elif type(default) is int:
+            if type(value) is int or type(value) is str and _INTEGER.fullmatch(value):
+                return int(value)
+        elif type(value) is type(default):  # a string, an enum's name, or a bool
+            return value
+        raise MalformedWebhook(f"event field {wire} has the wrong type")
+
+    return property(read)
+
+
+def _message(name: str, strings: str = "", ints: str = "", bools: str = "", **others: object) -> type:
+    """A _Message class with these fields: strings, integers and bools by name, others with their defaults."""
+    fields = {**dict.fromkeys(strings.split(), ""), **dict.fromkeys(ints.split(), 0)}
+    fields.update(dict.fromkeys(bools.split(), False), **others)
+    return type(name, (_Message,), {attr: _field(attr, default) for attr, default in fields.items()})
+
+
+# The common fields of livekit-api 1.2's messages (livekit_webhook.proto, livekit_models.proto,
+# livekit_egress.proto, livekit_ingress.proto, livekit_agent.proto). An enum reads as its name;
+# its default is the name of its value 0. tests/test_parity.py checks each field against the SDK.
+_Room = _message("Room", "sid name metadata", "empty_timeout departure_timeout max_participants creation_time "
+                 "creation_time_ms num_participants num_publishers", "active_recording")
+_ParticipantInfo = _message("ParticipantInfo", "sid identity name metadata region", "joined_at joined_at_ms version",
+                            "is_publisher", state="JOINING", kind="STANDARD", disconnect_reason="UNKNOWN_REASON",
+                            attributes=dict)
+_TrackInfo = _message("TrackInfo", "sid name mime_type mid stream", "width height",
+                      "muted simulcast disable_dtx stereo disable_red", type="AUDIO", source="UNKNOWN")
+_EgressInfo = _message("EgressInfo", "egress_id room_id room_name error details manifest_location",
+                       "started_at ended_at updated_at error_code", status="EGRESS_STARTING")
+_IngressState = _message("IngressState", "error room_id", "started_at ended_at", status="ENDPOINT_INACTIVE")
+_IngressInfo = _message("IngressInfo", "ingress_id name stream_key url room_name participant_identity "
+                        "participant_name", bools="reusable enabled", input_type="RTMP_INPUT", state=_IngressState)
+_Job = _message("Job", "id dispatch_id agent_name metadata namespace", type="JT_ROOM", room=_Room,
+                participant=_ParticipantInfo)
+_EVENT = _message("WebhookEvent", "event id", "created_at num_dropped", room_end_reason="ROOM_END_UNKNOWN", room=_Room,
+                  participant=_ParticipantInfo, track=_TrackInfo, egress_info=_EgressInfo,
+                  ingress_info=_IngressInfo, job=_Job)
+
+
+class WebhookEvent(_EVENT):
+    """A webhook event read by attribute, with the SDK's snake_case names: event.room.name, event.created_at.
+
+    WebhookEvent(data) reads a parsed event (read_event's dict, or a stored
+    to_dict()); to_dict() gives that dict back. As in protobuf, a field or
+    message the event lacks reads as its default ("", 0, False, {}, an empty
+    message); integers written as strings (int64) read as int; an enum reads as
+    its name ("VIDEO"), where the SDK gives its number. The attributes are the
+    common fields in the tables above; to_dict() has all. Reading a field whose
+    value has the wrong type raises MalformedWebhook.
+    """
+
 
 class WebhookReceiver:
-    """Checks that a webhook request was signed by LiveKit and returns its event."""
+    """Checks that a webhook request was signed by LiveKit and returns its event (the SDK's receive)."""
 
     def __init__(self, verifier: TokenVerifier) -> None:
         self._verifier = verifier
 
-    def receive(
-        self, body: Union[bytes, str], authorization: str, *, now: Optional[float] = None
-    ) -> dict:
-        """Verify a webhook request and return the event as a dict: authorize(), then read_event().
+    def receive(self, body: Union[bytes, str], auth_token: str, *, now: Optional[float] = None) -> WebhookEvent:
+        """Verify a webhook request and return its event: authorize(auth_token), read_event(), WebhookEvent.
 
         Raises a LiveKitAuthError subclass, and nothing else, for any input.
         """
-        return self.read_event(body, self.authorize(authorization, now=now))
+        return WebhookEvent(self.read_event(body, self.authorize(auth_token, now=now)))
 
     def authorize(self, authorization: str, *, now: Optional[float] = None) -> Claims:
         """Verify a webhook's Authorization header alone, so a server can refuse before reading the body.

@@ -148,7 +148,7 @@ def wait_for(condition: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
 
 @dataclasses.dataclass
 class Running:
-    server: server.Server
+    server: object  # what server.make_server() returns
     thread: threading.Thread
     address: tuple  # (host, port)
 
@@ -156,13 +156,13 @@ class Running:
         return socket.create_connection(self.address, timeout=TIMEOUT)
 
     def open_connections(self) -> int:
-        with self.server.lock:
+        with self.server.connections_lock:
             return len(self.server.connections)
 
     def all_busy(self) -> bool:
         """Whether every connection has a request under way (none is idle, so none makes room)."""
-        with self.server.lock:
-            return all(conn.started is not None for conn in self.server.connections.values())
+        with self.server.connections_lock:
+            return all(conn.idle_since is None for conn in self.server.connections.values())
 
     def drain_and_join(self, grace: float) -> None:
         self.server.drain(grace=grace)
@@ -171,14 +171,14 @@ class Running:
 
 
 def serve_in_thread(app, settings: server.Settings, running: type = Running) -> Running:
-    """`server.Server` serving `app` from a daemon thread, its access lines logged on server.log.
+    """server.make_server() serving `app` from a daemon thread (its log lines go to the logger server.log).
 
     `running`: the Running class to return, for modules that add their own ways to talk to it.
     """
-    srv = server.Server(app, settings, access_log=lambda fields: server.log.info(server.access_message(fields)))
-    thread = threading.Thread(target=srv.serve_forever, name="serve_forever", daemon=True)
+    srv = server.make_server(app, settings)
+    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), name="serve_forever", daemon=True)
     thread.start()
-    return running(srv, thread, tuple(srv.address))
+    return running(srv, thread, tuple(srv.server_address[:2]))
 
 
 # --------------------------------------------------------------------------

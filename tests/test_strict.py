@@ -4,12 +4,14 @@ import base64
 import hashlib
 import hmac
 import itertools
+import json
 import random
 
 import jwt
 import pytest
 
-from livekit_auth._strict import b64url_decode, b64url_encode, dumps_compact, loads_object
+import livekit_auth
+from livekit_auth._strict import MAX_JSON_DEPTH, b64url_decode, b64url_encode, dumps_compact, loads_object
 from vectors import RFC7520_COMPACT, RFC7520_HEADER, RFC7520_KEY, RFC7520_PAYLOAD
 
 # PyJWT warns that "secret" is short; it is the golden vectors' (LiveKit dev) secret.
@@ -93,43 +95,72 @@ def test_loads_object_accepts(text, expected):
     assert loads_object(text) == expected
 
 
+# loads_object's fixed phrases, one per rule.
+NOT_UTF8, NOT_JSON, DUPLICATE, NAN = "is not UTF-8", "is not valid JSON", "has a duplicate key", "has NaN or Infinity"
+SURROGATE, TOO_DEEP, NOT_OBJECT = "has an unpaired surrogate", "is nested too deeply", "is not a JSON object"
+
+
+def nested(depth: int, siblings: int = 0) -> bytes:
+    """An object whose deepest value is `depth` levels down (the object is level 1), beside `siblings` empty arrays."""
+    return b'{"s":[' + b",".join([b"[]"] * siblings) + b'],"a":' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+
 @pytest.mark.parametrize(
-    "text",
+    "text, phrase",
     [
-        pytest.param(b"[1]", id="array"),
-        pytest.param(b'"a"', id="string"),
-        pytest.param(b"1", id="number"),
-        pytest.param(b"null", id="null"),
-        pytest.param(b"", id="empty"),
-        pytest.param(b'{"a":1}x', id="trailing-garbage"),
-        pytest.param(b'{"a":1,"a":2}', id="duplicate-key"),
-        pytest.param(b'{"o":{"a":1,"a":1}}', id="duplicate-key-nested"),
-        pytest.param(b'{"a":NaN}', id="nan"),
-        pytest.param(b'{"a":Infinity}', id="infinity"),
-        pytest.param(b'{"a":-Infinity}', id="minus-infinity"),
-        pytest.param(b'{"a":1e400}', id="float-overflowing-to-infinity"),
-        pytest.param(b'{"a":-1e400}', id="float-overflowing-to-minus-infinity"),
-        pytest.param(b'{"a":"\\ud800"}', id="lone-high-surrogate"),
-        pytest.param(b'{"a":"\\uDC00"}', id="lone-low-surrogate-uppercase"),
-        pytest.param(b'{"\\ud800":1}', id="lone-surrogate-in-key"),
-        pytest.param(b'{"a":"\xff"}', id="invalid-utf8"),
-        pytest.param(b'{"a":"\xed\xa0\x80"}', id="utf8-encoded-surrogate"),
-        pytest.param(b'\xef\xbb\xbf{"a":1}', id="utf8-bom"),
-        pytest.param('{"a":1}'.encode("utf-16"), id="utf16"),
-        pytest.param('{"a":1}'.encode("utf-32-le"), id="utf32"),
-        pytest.param(b'{"a":"x\ny"}', id="raw-control-character"),
-        pytest.param(b'{"a":' + b"9" * 5000 + b"}", id="5000-digit-int"),
-        pytest.param(b"[" * 100_000 + b"]" * 100_000, id="100000-nested-arrays"),
-        pytest.param(b'{"a":' * 100_000 + b"1" + b"}" * 100_000, id="100000-nested-objects"),
-        pytest.param(b'{"a":' + b"[" * 100_000, id="100000-unclosed-arrays"),
+        pytest.param(b"[1]", NOT_OBJECT, id="array"),
+        pytest.param(b'"a"', NOT_OBJECT, id="string"),
+        pytest.param(b"1", NOT_OBJECT, id="number"),
+        pytest.param(b"null", NOT_OBJECT, id="null"),
+        pytest.param(b"[" * 70 + b"]" * 70, NOT_OBJECT, id="deep-array-is-first-not-an-object"),
+        pytest.param(b"", NOT_JSON, id="empty"),
+        pytest.param(b'{"a":1}x', NOT_JSON, id="trailing-garbage"),
+        pytest.param(b'{"a":1,}', NOT_JSON, id="trailing-comma"),
+        pytest.param(b'{"a":"x\ny"}', NOT_JSON, id="raw-control-character"),
+        pytest.param(b'\xef\xbb\xbf{"a":1}', NOT_JSON, id="utf8-bom"),
+        pytest.param('{"a":1}'.encode("utf-32-le"), NOT_JSON, id="utf32"),
+        pytest.param(b'{"a":' + b"9" * 5000 + b"}", NOT_JSON, id="5000-digit-int"),
+        pytest.param(b'{"a":1,"a":2}', DUPLICATE, id="duplicate-key"),
+        pytest.param(b'{"o":{"a":1,"a":1}}', DUPLICATE, id="duplicate-key-nested"),
+        pytest.param(b'{"a":NaN}', NAN, id="nan"),
+        pytest.param(b'{"a":Infinity}', NAN, id="infinity"),
+        pytest.param(b'{"a":-Infinity}', NAN, id="minus-infinity"),
+        pytest.param(b'{"a":1e400}', NAN, id="float-overflowing-to-infinity"),
+        pytest.param(b'{"a":-1e400}', NAN, id="float-overflowing-to-minus-infinity"),
+        pytest.param(b'{"a":"\\ud800"}', SURROGATE, id="lone-high-surrogate"),
+        pytest.param(b'{"a":"\\uDC00"}', SURROGATE, id="lone-low-surrogate-uppercase"),
+        pytest.param(b'{"\\ud800":1}', SURROGATE, id="lone-surrogate-in-key"),
+        pytest.param(b'{"a":"\\udc00\\ud800"}', SURROGATE, id="surrogates-in-the-wrong-order"),
+        pytest.param(b'{"a":"\xff"}', NOT_UTF8, id="invalid-utf8"),
+        pytest.param(b'{"a":"\xed\xa0\x80"}', NOT_UTF8, id="utf8-encoded-surrogate"),
+        pytest.param('{"a":1}'.encode("utf-16"), NOT_UTF8, id="utf16"),
+        pytest.param(nested(65), TOO_DEEP, id="one-level-past-max-depth"),
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, TOO_DEEP, id="100000-nested-arrays"),
+        pytest.param(b'{"a":' * 100_000 + b"1" + b"}" * 100_000, TOO_DEEP, id="100000-nested-objects"),
+        pytest.param(b'{"a":' + b"[" * 100_000, TOO_DEEP, id="100000-unclosed-arrays"),
     ],
 )
-def test_loads_object_rejects_with_value_error_only(text):
+def test_loads_object_rejects_with_value_error_naming_the_rule(text, phrase):
     # ValueError and nothing else: never RecursionError, UnicodeError is a
     # ValueError too, and the callers map ValueError to their error class.
+    # The message is one fixed phrase per rule (a server answers "Request body " + it).
     with pytest.raises(ValueError) as caught:
         loads_object(text)
     assert type(caught.value) is ValueError
+    assert str(caught.value) == phrase
+
+
+def test_max_depth_is_a_limit_not_an_off_by_one():
+    # The brackets outnumber MAX_JSON_DEPTH in both, so the depth walk runs, not just the count.
+    assert loads_object(nested(MAX_JSON_DEPTH, siblings=10)) == json.loads(nested(MAX_JSON_DEPTH, siblings=10))
+    with pytest.raises(ValueError, match=TOO_DEEP):
+        loads_object(nested(MAX_JSON_DEPTH + 1, siblings=10))
+    # Few brackets, however deep they could nest, skip the walk.
+    assert loads_object(b'{"a":[[[]]]}') == {"a": [[[]]]}
+
+
+def test_the_package_exports_the_json_helpers():
+    assert livekit_auth.loads_object is loads_object and livekit_auth.dumps_compact is dumps_compact
 
 
 @pytest.mark.parametrize(

@@ -423,3 +423,30 @@ def test_a_builder_can_sign_again():
     first = token.to_jwt(now=NOW)
     assert token.to_jwt(now=NOW) == first
     assert token.with_identity("bob").to_jwt(now=NOW) != first
+
+
+# --- token.claims: what the with_* calls set, read as in the SDK ---------------------
+
+
+def test_claims_read_what_the_with_calls_set():
+    token = la.AccessToken(API_KEY, API_SECRET)
+    assert token.claims == la.Claims() and token.identity == ""
+    token.with_identity("alice").with_name("Alice").with_grants(la.VideoGrants(room_join=True, room="r"))
+    token.with_attributes({"team": "red"}).with_room_config({"agents": [{"agentName": "a"}]}).with_sha256("x")
+    claims = token.claims
+    assert (claims.identity, claims.name, claims.attributes, claims.sha256) == ("alice", "Alice", {"team": "red"}, "x")
+    assert (claims.video.room, claims.sip, claims.kind) == ("r", None, "")
+    assert claims.room_config == {"agents": [{"agentName": "a"}]}
+    assert token.identity == "alice"
+    # A frozen snapshot: later calls change the token, not claims already read.
+    token.with_name("Bob")
+    assert (claims.name, token.claims.name) == ("Alice", "Bob")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        claims.name = "Carol"
+    # The registered claims are the verifier's to fill in: to_jwt writes them from api_key, now and ttl.
+    assert (claims.issuer, claims.not_before, claims.expires_at, claims.payload) == ("", None, None, {})
+
+
+def test_empty_strings_are_left_out_of_the_payload_as_by_the_sdk():
+    token = la.AccessToken(API_KEY, API_SECRET).with_name("").with_kind("").with_sha256("").with_room_preset("")
+    assert payload_of(token.to_jwt(now=NOW)) == {"sub": "", "iss": API_KEY, "nbf": NOW, "exp": NOW + 21600}

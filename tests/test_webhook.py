@@ -16,7 +16,7 @@ from livekit import api
 from livekit.protocol.webhook import WebhookEvent
 
 import livekit_auth as la
-from helpers import freeze_sdk_clock, mutate_bytes, mutate_text
+from helpers import freeze_sdk_clock, mutate_bytes, mutate_claims, mutate_text
 from vectors import API_KEY, API_SECRET, VECTORS, WEBHOOK_VECTORS, body_sha256, sign
 
 # PyJWT warns that "secret" is short; it is the golden vectors' (LiveKit dev) secret.
@@ -54,13 +54,13 @@ def as_event(event: dict) -> WebhookEvent:
 @pytest.mark.parametrize("vector", WEBHOOK_VECTORS, ids=lambda v: v.name)
 def test_webhook_vector_returns_the_event(vector):
     assert vector.payload["sha256"] == body_sha256(vector.body)
-    assert RECEIVER.receive(vector.body, vector.jwt, now=vector.now) == json.loads(vector.body)
+    assert RECEIVER.receive(vector.body, vector.jwt, now=vector.now).to_dict() == json.loads(vector.body)
 
 
 @pytest.mark.parametrize("vector", WEBHOOK_VECTORS, ids=lambda v: v.name)
 def test_webhook_vector_is_the_event_the_sdk_reads(vector, monkeypatch):
     event = RECEIVER.receive(vector.body, vector.jwt, now=vector.now)
-    assert sdk_receive(vector.body, vector.jwt, monkeypatch, now=vector.now) == as_event(event)
+    assert sdk_receive(vector.body, vector.jwt, monkeypatch, now=vector.now) == as_event(event.to_dict())
 
 
 @pytest.mark.parametrize(
@@ -73,13 +73,14 @@ def test_webhook_accepts_bare_or_bearer_token_and_bytes_or_str(authorization, bo
     # LiveKit sends the bare token; the auth-scheme is case-insensitive (RFC 9110 §11.1).
     vector = VECTORS["server-webhook"]
     body = vector.body.decode("utf-8") if body_as_str else vector.body
-    assert RECEIVER.receive(body, authorization.format(vector.jwt), now=vector.now) == json.loads(vector.body)
+    event = RECEIVER.receive(body, authorization.format(vector.jwt), now=vector.now)
+    assert event.to_dict() == json.loads(vector.body)
 
 
 def test_sdk_rejects_the_bearer_prefix_we_accept(monkeypatch):
     with pytest.raises(Exception):
         sdk_receive(BODY, "Bearer " + webhook_token(), monkeypatch)
-    assert RECEIVER.receive(BODY, "Bearer " + webhook_token(), now=NOW) == EVENT
+    assert RECEIVER.receive(BODY, "Bearer " + webhook_token(), now=NOW).to_dict() == EVENT
 
 
 @pytest.mark.parametrize("vector", WEBHOOK_VECTORS, ids=lambda v: v.name)
@@ -119,7 +120,7 @@ def now(monkeypatch):
 def test_sdk_webhook_passes_ours(body, now):
     sdk_token = api.AccessToken(API_KEY, API_SECRET).with_sha256(body_sha256(body)).with_ttl(timedelta(minutes=5))
     authorization = sdk_token.to_jwt()
-    assert RECEIVER.receive(body, authorization, now=now) == json.loads(body)
+    assert RECEIVER.receive(body, authorization, now=now).to_dict() == json.loads(body)
 
 
 @pytest.mark.parametrize("body", BODIES)
@@ -306,7 +307,7 @@ def test_random_mutations_return_an_event_or_raise_livekit_auth_error():
         except Exception as error:  # the contract is broken: show the case to reproduce it
             pytest.fail(f"case {case}: {type(error).__name__}: {error} for {body!r:.200} {authorization!r:.200}")
         else:
-            assert type(event) is dict and type(event["event"]) is str and event["event"]
+            assert type(event) is la.WebhookEvent and type(event.event) is str and event.event
             outcomes["ok"] += 1
     # Every stage must be reached, or the contract was barely tested.
     assert set(outcomes) == {
@@ -316,16 +317,125 @@ def test_random_mutations_return_an_event_or_raise_livekit_auth_error():
     assert min(outcomes.values()) >= 10, outcomes
 
 
-# --- Documented exception: below the top level, an event is not checked against LiveKit's schema ---
+# --- Documented exception: below the top level, an event is checked only as its fields are read ---
 
 
 @pytest.mark.parametrize(
-    "body",
-    [b'{"event":"room_started","room":{"name":5}}', b'{"event":"room_started","createdAt":"abc"}'],
+    "body, read",
+    [
+        (b'{"event":"room_started","room":{"name":5}}', lambda event: event.room.name),
+        (b'{"event":"room_started","createdAt":"abc"}', lambda event: event.created_at),
+    ],
     ids=["room-name-int", "created-at-not-a-number"],
 )
-def test_deep_event_fields_are_not_checked_where_the_sdk_parses_protobuf(body, monkeypatch):
+def test_deep_event_fields_are_checked_when_read_where_the_sdk_parses_protobuf(body, read, monkeypatch):
     authorization = webhook_token(body)
     with pytest.raises(Exception):
         sdk_receive(body, authorization, monkeypatch)
-    assert RECEIVER.receive(body, authorization, now=NOW) == json.loads(body)
+    event = RECEIVER.receive(body, authorization, now=NOW)
+    assert event.to_dict() == json.loads(body)
+    assert RECEIVER.read_event(body, RECEIVER.authorize(authorization, now=NOW)) == json.loads(body)
+    with pytest.raises(la.MalformedWebhook, match="has the wrong type"):
+        read(event)
+
+
+# --- Reading an event by attribute: protobuf's defaults, exact types, MalformedWebhook otherwise ---
+
+
+@pytest.mark.parametrize(
+    "event, read, expected",
+    [
+        pytest.param({"createdAt": "1735689600"}, lambda e: e.created_at, 1735689600, id="int64-as-string"),
+        pytest.param({"createdAt": 1735689600}, lambda e: e.created_at, 1735689600, id="int64-as-number"),
+        pytest.param({"createdAt": "-5"}, lambda e: e.created_at, -5, id="negative"),
+        pytest.param({"createdAt": "9" * 20}, lambda e: e.created_at, int("9" * 20), id="20-digits"),
+        pytest.param({"createdAt": None}, lambda e: e.created_at, 0, id="null-is-the-default"),
+        pytest.param({}, lambda e: e.created_at, 0, id="absent-int"),
+        pytest.param({}, lambda e: e.id, "", id="absent-string"),
+        pytest.param({}, lambda e: e.track.muted, False, id="absent-bool-in-absent-message"),
+        pytest.param({}, lambda e: e.track.type, "AUDIO", id="absent-enum-is-value-0s-name"),
+        pytest.param({}, lambda e: e.participant.attributes, {}, id="absent-map"),
+        pytest.param({}, lambda e: e.ingress_info.state.status, "ENDPOINT_INACTIVE", id="absent-nested-message"),
+        pytest.param({"room": None}, lambda e: e.room.to_dict(), {}, id="null-message"),
+        pytest.param({"track": {"type": "VIDEO"}}, lambda e: e.track.type, "VIDEO", id="enum-name"),
+        pytest.param({"track": {"muted": True}}, lambda e: e.track.muted, True, id="bool"),
+        pytest.param({"job": {"room": {"name": "r"}}}, lambda e: e.job.room.name, "r", id="message-in-message"),
+    ],
+)
+def test_event_fields_read_as_protobuf_does(event, read, expected):
+    value = read(la.WebhookEvent({"event": "room_started", **event}))
+    assert (value, type(value)) == (expected, type(expected))
+
+
+@pytest.mark.parametrize(
+    "event, read",
+    [
+        pytest.param({"room": {"name": 5}}, lambda e: e.room.name, id="string-as-int"),
+        pytest.param({"id": ["EV_1"]}, lambda e: e.id, id="string-as-list"),
+        pytest.param({"createdAt": 1.0}, lambda e: e.created_at, id="int-as-float"),
+        pytest.param({"createdAt": True}, lambda e: e.created_at, id="int-as-bool"),
+        pytest.param({"createdAt": "1_0"}, lambda e: e.created_at, id="int-string-with-underscore"),
+        pytest.param({"createdAt": " 1"}, lambda e: e.created_at, id="int-string-with-space"),
+        pytest.param({"createdAt": "+1"}, lambda e: e.created_at, id="int-string-with-plus"),
+        pytest.param({"createdAt": "\u0661"}, lambda e: e.created_at, id="int-string-non-ascii-digit"),
+        pytest.param({"createdAt": "1.5"}, lambda e: e.created_at, id="int-string-fraction"),
+        pytest.param({"createdAt": "9" * 21}, lambda e: e.created_at, id="int-string-21-digits"),
+        pytest.param({"createdAt": ""}, lambda e: e.created_at, id="int-string-empty"),
+        pytest.param({"track": {"muted": "false"}}, lambda e: e.track.muted, id="bool-as-string"),
+        pytest.param({"track": {"muted": 0}}, lambda e: e.track.muted, id="bool-as-int"),
+        pytest.param({"track": {"type": 1}}, lambda e: e.track.type, id="enum-as-number"),
+        pytest.param({"participant": {"attributes": {"a": 1}}}, lambda e: e.participant.attributes, id="map-int-value"),
+        pytest.param({"participant": {"attributes": []}}, lambda e: e.participant.attributes, id="map-as-list"),
+        pytest.param({"ingressInfo": {"state": []}}, lambda e: e.ingress_info.state, id="message-as-list"),
+        pytest.param({"job": {"room": "r"}}, lambda e: e.job.room, id="message-as-string"),
+    ],
+)
+def test_event_field_of_the_wrong_type_raises_malformed_webhook_when_read(event, read):
+    with pytest.raises(la.MalformedWebhook, match="has the wrong type") as caught:
+        read(la.WebhookEvent({"event": "room_started", **event}))
+    # Fixed text about the field; the value is never echoed.
+    assert "\u0661" not in str(caught.value) and "false" not in str(caught.value)
+
+
+@pytest.mark.parametrize("data", [None, "room_started", [], b"{}"], ids=repr)
+def test_webhook_event_is_built_from_a_dict_only(data):
+    with pytest.raises(la.MalformedWebhook):
+        la.WebhookEvent(data)
+
+
+def test_webhook_event_gives_its_dict_back():
+    data = json.loads(VECTORS["server-webhook"].body)
+    event = la.WebhookEvent(data)
+    assert event.to_dict() is data
+    assert event.participant.to_dict() is data["participant"]
+    assert la.WebhookEvent(json.loads(json.dumps(event.to_dict()))).participant.joined_at == 1735689605
+
+
+def _read_every_field(message) -> int:
+    """Read each attribute of an event, and of the messages in it; returns how many were read."""
+    count = 0
+    for name in dir(type(message)):
+        if isinstance(getattr(type(message), name), property):
+            value = getattr(message, name)
+            assert type(value) in (str, int, bool, dict) or isinstance(value, la.webhook._Message)
+            count += 1 if type(value) in (str, int, bool, dict) else _read_every_field(value)
+    return count
+
+
+def test_random_field_values_read_or_raise_malformed_webhook():
+    # The contract goes on past receive: a field read returns a value of its kind or raises MalformedWebhook.
+    rng = random.Random(20250103)
+    seeds = [json.loads(v.body) for v in WEBHOOK_VECTORS] + [json.loads(body.values[0]) for body in BODIES]
+    names = ("room", "participant", "track", "egressInfo", "ingressInfo", "job", "createdAt", "id", "numDropped")
+    outcomes = collections.Counter()
+    for _ in range(2000):
+        event = rng.choice(seeds)
+        for _ in range(rng.randint(1, 3)):
+            event = mutate_claims(rng, event, names)
+        try:
+            _read_every_field(la.WebhookEvent(event))
+        except la.MalformedWebhook:
+            outcomes["MalformedWebhook"] += 1
+        else:
+            outcomes["ok"] += 1
+    assert min(outcomes["ok"], outcomes["MalformedWebhook"]) >= 100, outcomes
