@@ -56,27 +56,14 @@ class SettingsError(ValueError):
 
 
 # Parsers: (text, the setting's name) -> value, or SettingsError naming the setting.
+# int() and float() alone would also take "+1", "1_0", "inf" and non-ASCII digits.
 
 
 def _text(text: str, name: str) -> str:
     return text
 
 
-def _list(text: str, name: str) -> frozenset:
-    words = frozenset(text.replace(",", " ").split())
-    # Set but empty is a template that did not fill in; for secrets, keys, rooms,
-    # origins and sources, "nothing" would quietly mean "anyone" or "anything".
-    if not words:
-        raise SettingsError(f"{name} is set but lists nothing; remove it to get the default")
-    return words
-
-
-def _list_or_none(text: str, name: str) -> frozenset:
-    return frozenset(text.replace(",", " ").split())  # only where an empty list lets in less, never more
-
-
 def _integer(text: str, name: str) -> int:
-    # int() and float() also take "+1", "1_0", "inf" and non-ASCII digits.
     if not re.fullmatch(r"[0-9]{1,9}", text):
         raise SettingsError(f"{name} must be a whole number of at most 9 ASCII digits")
     return int(text)
@@ -94,13 +81,23 @@ def _flag(text: str, name: str) -> bool:
     return text.lower() == "true"
 
 
+def _list_or_none(text: str, name: str) -> frozenset:
+    return frozenset(text.replace(",", " ").split())  # only for lists where empty lets in less, never more
+
+
+def _list(text: str, name: str) -> frozenset:
+    # Set but empty is a template that did not fill in: for secrets, keys, rooms,
+    # origins and sources, "nothing" would quietly mean "anyone" or "anything".
+    if not _list_or_none(text, name):
+        raise SettingsError(f"{name} is set but lists nothing; remove it to get the default")
+    return _list_or_none(text, name)
+
+
 def _key_pairs(text: str, name: str) -> tuple:
-    pairs: dict = {}
-    for key, colon, secret in (word.partition(":") for word in _list(text, name)):
-        if not colon or not key or not secret or key in pairs:
-            raise SettingsError(f"{name} takes distinct key:secret pairs")
-        pairs[key] = secret
-    return tuple(sorted(pairs.items()))
+    pairs = [word.partition(":") for word in _list(text, name)]
+    if not all(key and colon and secret for key, colon, secret in pairs) or len({p[0] for p in pairs}) < len(pairs):
+        raise SettingsError(f"{name} takes distinct key:secret pairs")
+    return tuple(sorted((key, secret) for key, _, secret in pairs))
 
 
 def _networks(text: str, name: str) -> tuple:
@@ -111,8 +108,8 @@ def _networks(text: str, name: str) -> tuple:
 
 
 def _setting(env: str, parse: Callable, default=dataclasses.MISSING, secret: bool = False):
-    """A Settings field read from the environment variable `env`, or from config.ini under the
-    section and key named after it: SERVER_HOST is [server] host, TOKEN_TTL is [tokens] ttl."""
+    # Read from the environment variable `env`, or from config.ini under the section and
+    # key named after it: SERVER_HOST is [server] host, TOKEN_TTL is [tokens] ttl.
     return dataclasses.field(default=default, repr=not secret, metadata={"env": env, "parse": parse})
 
 
@@ -157,43 +154,37 @@ class Settings:
     allowed_origins: frozenset = _setting("CORS_ALLOWED_ORIGINS", _list, frozenset(("*",)))
 
     def __post_init__(self) -> None:
-        def check(ok: bool, field: str, problem: str) -> None:
+        origin = r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?"
+        checks = [(getattr(self, field), field, "must not be empty") for field in ("api_key", "api_secret", "host")]
+        checks += [(low <= getattr(self, field) <= high, field, f"must be from {low} to {high}")
+                   for field, (low, high) in _RANGES.items()]
+        checks += [
+            (re.fullmatch(r"(wss?|https?)://[^\s/]+(/\S*)?", self.livekit_url), "livekit_url",
+             "must be a ws://, wss://, http:// or https:// URL"),
+            (self.client_fields <= set(OPTIONAL_CLIENT_FIELDS), "client_fields",
+             "takes only: " + ", ".join(OPTIONAL_CLIENT_FIELDS)),
+            (self.can_publish_sources <= set(TRACK_SOURCES), "can_publish_sources", "takes only: " + ", ".join(TRACK_SOURCES)),
+            (self.rooms and not any("*" in room[:-1] for room in self.rooms), "rooms", 'takes room names, or prefixes ending in "*"'),
+            (self.allowed_origins == {"*"} or self.allowed_origins and all(re.fullmatch(origin, o) for o in self.allowed_origins),
+             "allowed_origins", "takes * alone, or origins like https://app.example.com"),
+            (not self.event_file or os.path.isabs(self.event_file), "event_file", "must be an absolute path"),
+            ("" not in self.auth_secrets, "auth_secrets", "must not hold an empty secret"),
+            (all(key and secret for key, secret in self.webhook_keys), "webhook_keys", "takes distinct key:secret pairs"),
+        ]
+        for ok, field, problem in checks:
             if not ok:
                 raise SettingsError(f"{SETTING_NAMES[field]} {problem}")
 
-        for field in ("api_key", "api_secret", "host"):
-            check(getattr(self, field), field, "must not be empty")
-        for field, (low, high) in _RANGES.items():
-            check(low <= getattr(self, field) <= high, field, f"must be from {low} to {high}")
-        check(re.fullmatch(r"(wss?|https?)://[^\s/]+(/\S*)?", self.livekit_url), "livekit_url",
-              "must be a ws://, wss://, http:// or https:// URL")
-        check(self.client_fields <= set(OPTIONAL_CLIENT_FIELDS), "client_fields",
-              "takes only: " + ", ".join(OPTIONAL_CLIENT_FIELDS))
-        check(self.can_publish_sources <= set(TRACK_SOURCES), "can_publish_sources",
-              "takes only: " + ", ".join(TRACK_SOURCES))
-        check(self.rooms and not any("*" in room[:-1] for room in self.rooms), "rooms",
-              'takes room names, or prefixes ending in "*"')
-        origins = all(re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", o) for o in self.allowed_origins)
-        check(self.allowed_origins and (self.allowed_origins == {"*"} or origins), "allowed_origins",
-              "takes * alone, or origins like https://app.example.com")
-        check(not self.event_file or os.path.isabs(self.event_file), "event_file", "must be an absolute path")
-        check("" not in self.auth_secrets, "auth_secrets", "must not hold an empty secret")
-        check(all(key and secret for key, secret in self.webhook_keys), "webhook_keys",
-              "takes distinct key:secret pairs")
-
 
 # field -> (config.ini section, key, environment variable), for every setting read from outside.
-SETTING_SOURCES = {
-    field.name: ("tokens" if env.startswith("TOKEN_") else env.partition("_")[0].lower(),
-                 env.partition("_")[2].lower(), env)
-    for field in dataclasses.fields(Settings) if (env := field.metadata.get("env"))
-}
+SETTING_SOURCES = {field.name: ("tokens" if env.startswith("TOKEN_") else env.partition("_")[0].lower(),
+                                env.partition("_")[2].lower(), env)
+                   for field in dataclasses.fields(Settings) if (env := field.metadata.get("env"))}
 SETTING_NAMES = {field: f"{section}.{key} ({env})" for field, (section, key, env) in SETTING_SOURCES.items()}
 _RANGES = {  # inclusive bounds of the numeric settings
     "port": (0, 65535), "max_connections": (1, 10000), "idle_timeout": (0.001, 3600),
     "request_timeout": (0.001, 3600), "token_ttl": (1, 30 * 24 * 3600), "max_name_length": (1, 1024),
-    "rate_per_minute": (0, 1_000_000), "rate_burst": (1, 1_000_000), "dedupe_seconds": (0, 7 * 24 * 3600),
-}
+    "rate_per_minute": (0, 1_000_000), "rate_burst": (1, 1_000_000), "dedupe_seconds": (0, 7 * 24 * 3600)}
 
 
 def load_settings(environ: Mapping[str, str], config_path: Optional[str] = None) -> Settings:
@@ -205,12 +196,23 @@ def load_settings(environ: Mapping[str, str], config_path: Optional[str] = None)
     parsed = {field: parse[field](text.strip(), name) for field, (name, text) in values.items()}
     if "api_key" not in parsed and "api_secret" not in parsed:
         # On LiveKit's public dev key anyone could forge webhooks: loopback, unless SERVER_HOST says otherwise.
-        parsed.update(api_key=DEV_API_KEY, api_secret=DEV_API_SECRET, dev_mode=True)
-        parsed.setdefault("host", "127.0.0.1")
+        parsed.update(api_key=DEV_API_KEY, api_secret=DEV_API_SECRET, dev_mode=True, host=parsed.get("host", "127.0.0.1"))
     for present, missing in (("api_key", "api_secret"), ("api_secret", "api_key")):
         if present in parsed and missing not in parsed:
             raise SettingsError(f"{SETTING_NAMES[present]} is set but {SETTING_NAMES[missing]} is not")
     return Settings(**parsed)
+
+
+def _line_of(text: str, section: str, key: Optional[str]) -> object:
+    """The line of `key` in `section` of a config file's text (of the section's header for None), or "?"."""
+    current = None
+    for number, line in enumerate(text.splitlines(), 1):
+        if re.match(r"\s*\[", line):
+            current = line.strip()[1:].partition("]")[0].strip()
+        if current == section and (key is None and line.strip().startswith("[")
+                                   or key is not None and re.match(rf"\s*{re.escape(key)}\s*[=:]", line, re.I)):
+            return number
+    return "?"
 
 
 def _read_config(path: str) -> dict:
@@ -224,23 +226,20 @@ def _read_config(path: str) -> dict:
         raise SettingsError(f"cannot read config file {path}: {err.strerror} (check --config)") from None
     except UnicodeDecodeError:
         raise SettingsError(f"config file {path} is not UTF-8") from None
-    except configparser.Error as err:  # their messages quote the line, which may hold a secret: not ours
+    except configparser.Error as err:  # configparser's own messages quote the line, which may hold a secret
+        problem = {"DuplicateOptionError": f"{getattr(err, 'section', '')}.{getattr(err, 'option', '')} is set twice",
+                   "DuplicateSectionError": f"[{getattr(err, 'section', '')}] appears twice",
+                   "MissingSectionHeaderError": "a setting comes before any [section]"}
         line = getattr(err, "lineno", None) or err.errors[0][0]
-        problem = {
-            configparser.DuplicateOptionError: lambda: f"{err.section}.{err.option} is set twice",
-            configparser.DuplicateSectionError: lambda: f"[{err.section}] appears twice",
-            configparser.MissingSectionHeaderError: lambda: "a setting comes before any [section]",
-        }.get(type(err), lambda: "a line is neither [section] nor key = value")()
-        raise SettingsError(f"{path}, line {line}: {problem}") from None
+        raise SettingsError(f"{path}, line {line}: "
+                            f"{problem.get(type(err).__name__, 'a line is neither [section] nor key = value')}") from None
     if parser.defaults():
         raise SettingsError(f"{path}: [DEFAULT] is not read; put {', '.join(parser.defaults())} in its own section")
     known = {(section, key): field for field, (section, key, _) in SETTING_SOURCES.items()}
-    for section in parser.sections():
-        for key in parser[section]:
-            if (section, key) not in known:
-                lines = text.lower().splitlines()
-                line = next((n for n, s in enumerate(lines, 1) if re.match(rf"\s*{re.escape(key)}\s*[=:]", s)), "?")
-                raise SettingsError(f"{path}, line {line}: unknown setting {section}.{key}")
+    for section, key in [(s, k) for s in parser.sections() for k in parser[s]] + [(s, None) for s in parser.sections()]:
+        if (section, key) not in known and (key or section not in {s for s, _ in known}):
+            raise SettingsError(f"{path}, line {_line_of(text, section, key)}: unknown "
+                                + (f"setting {section}.{key}" if key else f"section [{section}]"))
     return {known[s, k]: (f"{s}.{k}", parser[s][k]) for s in parser.sections() for k in parser[s]}
 
 
@@ -288,16 +287,15 @@ class App:
     """The WSGI application: make_app() builds it. Safe to call from many threads at once."""
 
     def __init__(self, settings: Settings, on_event: Optional[Callable], clock: Callable[[], float]) -> None:
-        self.settings = settings
-        self.policy = TokenPolicy(settings, clock)
+        self.settings, self.policy = settings, TokenPolicy(settings, clock)
         self.delivery = WebhookDelivery(settings, on_event, clock)
         keys = dict(settings.webhook_keys) or {settings.api_key: settings.api_secret}
         self.receiver = WebhookReceiver(TokenVerifier(keys=keys, clock=clock))
         # Built once, never changed per request (starlette #511). No credentials are ever
         # allowed, so "*" is safe and needs no Vary (starlette #1113).
-        self.common_headers = [("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")]
-        self.cors_headers = [("Access-Control-Expose-Headers", "Retry-After, WWW-Authenticate")]
-        self.cors_headers += [("Access-Control-Allow-Origin", "*")] if settings.allowed_origins == {"*"} else []
+        self.headers = [("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")]
+        self.headers += [("Access-Control-Allow-Origin", "*")] if settings.allowed_origins == {"*"} else []
+        self.headers += [("Access-Control-Expose-Headers", "Retry-After, WWW-Authenticate")]
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
@@ -313,41 +311,34 @@ class App:
         except Exception as err:
             log.error("unexpected error", extra={"fields": {"error": type(err).__name__}})
             status, value, headers = 500, {"errorMessage": "Internal server error"}, []
-        headers += self.common_headers + self.cors_headers + self.origin_headers(environ)
-        status_line = f"{status} {HTTPStatus(status).phrase}"
+        headers += self.headers
+        origin = environ.get("HTTP_ORIGIN")  # an exact match against the list, never a pattern (starlette #800)
+        if self.settings.allowed_origins != {"*"}:
+            headers += [("Access-Control-Allow-Origin", origin)] if origin in self.settings.allowed_origins else []
+            headers.append(("Vary", "Origin"))
         if status == 204:  # RFC 9110 §8.6: no content, so no Content-Length either
-            start_response(status_line, headers)
+            start_response(f"204 {HTTPStatus(204).phrase}", headers)
             return []
         body = dumps_compact(value).encode("ascii")
-        start_response(status_line, [("Content-Type", "application/json"), *headers, ("Content-Length", str(len(body)))])
+        headers = [("Content-Type", "application/json"), *headers, ("Content-Length", str(len(body)))]
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
         return [b"" if method == "HEAD" else body]
-
-    def origin_headers(self, environ: dict) -> list:
-        """CORS for a configured list of origins: an exact match, never a pattern (starlette #800)."""
-        if self.settings.allowed_origins == {"*"}:
-            return []
-        if environ.get("HTTP_ORIGIN") in self.settings.allowed_origins:
-            return [("Access-Control-Allow-Origin", environ["HTTP_ORIGIN"]), ("Vary", "Origin")]
-        return [("Vary", "Origin")]
 
     def route(self, environ: dict, path: str, method: str) -> tuple:
         """(status, a JSON value, extra headers), or HTTPError."""
-        methods = ROUTES.get(path)
-        if methods is None:
+        if path not in ROUTES:
             raise HTTPError(404, "Not found")
-        allow = ", ".join(methods + ("OPTIONS",))
+        allow = ", ".join(ROUTES[path] + ("OPTIONS",))
         if method == "OPTIONS":
             # Authorization is named: the "*" wildcard never covers it (Fetch standard).
             return 204, None, [("Allow", allow), ("Access-Control-Allow-Methods", allow),
                                ("Access-Control-Allow-Headers", "Authorization, Content-Type, *"),
                                ("Access-Control-Max-Age", "600")]
-        if method not in methods:
+        if method not in ROUTES[path]:
             raise HTTPError(405, "Method not allowed", (("Allow", allow),))
-        if path == "/token":
-            return self.token(environ)
         if path == "/healthz":
             return 200, {"status": "ok"}, []
-        return self.webhook(environ)
+        return self.token(environ) if path == "/token" else self.webhook(environ)
 
     def token(self, environ: dict) -> tuple:
         """POST /token, in the shape the fields tell: 201 {server_url, participant_token} for LiveKit's
@@ -358,32 +349,28 @@ class App:
             room, identity = request.get("roomName"), request.get("participantName")
             if type(room) is not str or type(identity) is not str or not room or not identity:
                 raise HTTPError(400, "roomName and participantName are required")
-            return 200, {"token": self.policy.token({"roomName": room, "participantName": identity})}, []
+            request = {"roomName": room, "participantName": identity}
+            return 200, {"token": self.policy.token(request, "roomName", "participantName")}, []
         if OPENVIDU_FIELDS.intersection(request):
             raise HTTPError(400, "Request mixes roomName/participantName with LiveKit's snake_case fields")
         if not STANDARD_FIELDS.issuperset(request):
             raise HTTPError(400, "Request has a field that is not part of LiveKit's token request")
-        for field in ("room_name", "participant_identity", "participant_name", "participant_metadata"):
+        for field in ("room_name", "participant_identity"):
             if type(request.get(field, "")) is not str:
                 raise HTTPError(400, f"{field} must be a string")
-        attributes = request.get("participant_attributes", {})
-        if type(attributes) is not dict or not all(type(value) is str for value in attributes.values()):
-            raise HTTPError(400, "participant_attributes must be an object of strings")
-        if type(request.get("room_config", {})) is not dict:
-            raise HTTPError(400, "room_config must be an object")
         # Left out or empty, room and identity are made up, as LiveKit's own token server does.
         request["room_name"] = request.get("room_name") or "room-" + secrets.token_hex(4)
         request["participant_identity"] = request.get("participant_identity") or "user-" + secrets.token_hex(4)
-        return 201, {"server_url": self.settings.livekit_url, "participant_token": self.policy.token(request)}, []
+        token = self.policy.token(request, "room_name", "participant_identity")
+        return 201, {"server_url": self.settings.livekit_url, "participant_token": token}, []
 
     def webhook(self, environ: dict) -> tuple:
         """POST /webhook: check that LiveKit signed this exact body, then deliver the event."""
-        authorization = environ.get("HTTP_AUTHORIZATION", "")
-        if not authorization:
+        if not environ.get("HTTP_AUTHORIZATION"):
             raise HTTPError(401, "Authorization header is required")
         try:
             # The token first: a caller without LiveKit's signature never gets its body read.
-            claims = self.receiver.authorize(authorization)
+            claims = self.receiver.authorize(environ["HTTP_AUTHORIZATION"])
             event = self.receiver.read_event(read_body(environ, MAX_WEBHOOK_BODY_BYTES), claims)
         except MalformedWebhook as err:
             raise HTTPError(400, str(err)) from None
@@ -396,9 +383,8 @@ class App:
 def make_app(settings: Settings, *, on_event: Optional[Callable[[WebhookEvent], None]] = None,
              clock: Callable[[], float] = time.time) -> App:
     """The WSGI application for `settings`; `clock` gives Unix seconds (tokens, verification, limits).
-
-    on_event(event: livekit_auth.WebhookEvent) runs for each verified, new webhook event
-    before the 200; if it raises, LiveKit is answered 500 and retries."""
+    on_event(event: livekit_auth.WebhookEvent) runs for each verified, new webhook event before the
+    200; if it raises, LiveKit is answered 500 and retries."""
     return App(settings, on_event, clock)
 
 
@@ -452,27 +438,23 @@ class TokenPolicy:
         self.auth_digests = [hashlib.sha256(secret.encode("utf-8")).digest() for secret in settings.auth_secrets]
         self.buckets: collections.OrderedDict = collections.OrderedDict()  # client -> (tokens, time)
         self.buckets_lock = threading.Lock()  # guards buckets; taken by each /token request's thread
-        # The grants every token carries; room and identity are added per request. Flags
-        # left out unless granted, so default tokens match the tutorials' byte for byte.
+        # The grants every token carries, room aside. Flags are left out unless granted,
+        # so default tokens match the tutorials' byte for byte.
         self.grants = dict(
             room_join=True, can_publish=settings.can_publish, can_subscribe=settings.can_subscribe,
-            can_publish_data=settings.can_publish_data,
-            can_publish_sources=tuple(sorted(settings.can_publish_sources)) or None,
+            can_publish_data=settings.can_publish_data, can_publish_sources=tuple(sorted(settings.can_publish_sources)) or None,
             can_update_own_metadata=settings.can_update_own_metadata or None, hidden=settings.hidden or None)
 
     def admit(self, environ: dict) -> None:
         """429 past the client's rate, then 401 without a valid bearer secret (when secrets are set)."""
-        if self.settings.rate_per_minute:
-            wait = self.rate_limit_wait(_rate_key(environ.get("REMOTE_ADDR", "")), self.clock())
-            if wait:
-                raise HTTPError(429, "Too many token requests; try again later", (("Retry-After", str(math.ceil(wait))),))
-        if self.auth_digests:
-            scheme, _, credentials = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
-            # WSGI hands header bytes over as latin-1 text: this gives back the bytes sent.
-            digest = hashlib.sha256(credentials.strip().encode("latin-1", "replace")).digest()
-            # Every secret is compared, so the time taken does not tell which one matched.
-            if scheme.lower() != "bearer" or not any([hmac.compare_digest(digest, d) for d in self.auth_digests]):
-                raise HTTPError(401, "A valid bearer token is required", (("WWW-Authenticate", 'Bearer realm="token"'),))
+        if self.settings.rate_per_minute and (wait := self.rate_limit_wait(_rate_key(environ.get("REMOTE_ADDR", "")), self.clock())):
+            raise HTTPError(429, "Too many token requests; try again later", (("Retry-After", str(math.ceil(wait))),))
+        scheme, _, credentials = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        # WSGI hands header bytes over as latin-1 text: this gives back the bytes sent.
+        digest = hashlib.sha256(credentials.strip().encode("latin-1", "replace")).digest()
+        # Every secret is compared, so the time taken does not tell which one matched.
+        if self.auth_digests and not (scheme.lower() == "bearer" and any([hmac.compare_digest(digest, d) for d in self.auth_digests])):
+            raise HTTPError(401, "A valid bearer token is required", (("WWW-Authenticate", 'Bearer realm="token"'),))
 
     def rate_limit_wait(self, client: str, now: float) -> float:
         """A token bucket per client: 0 if it may go ahead now (and it is counted), else the seconds to wait."""
@@ -496,27 +478,31 @@ class TokenPolicy:
             address = hops.pop()
         return address
 
-    def token(self, request: dict) -> str:
-        """A signed token for the request's identity (participantName or participant_identity) to join
-        its room, within the policy. HTTPError 403 for a room or a field not allowed, 400 for a name."""
+    def token(self, request: dict, room_field: str, identity_field: str) -> str:
+        """A signed token for request[identity_field] to join request[room_field], within the policy.
+        HTTPError 403 for a room or a client-set field not allowed, 400 for a name refused."""
         for field in OPTIONAL_CLIENT_FIELDS:
             if field in request and field not in self.settings.client_fields:
                 raise HTTPError(403, f"{field} may not be set by clients on this server")
-        room_field = "roomName" if "roomName" in request else "room_name"
-        identity_field = "participantName" if "participantName" in request else "participant_identity"
-        room, identity = request[room_field], request[identity_field]
+        for field in ("participant_name", "participant_metadata"):
+            if type(request.get(field, "")) is not str:
+                raise HTTPError(400, f"{field} must be a string")
+        attributes = request.get("participant_attributes", {})
+        if type(attributes) is not dict or not all(type(value) is str for value in attributes.values()):
+            raise HTTPError(400, "participant_attributes must be an object of strings")
+        if type(request.get("room_config", {})) is not dict:
+            raise HTTPError(400, "room_config must be an object")
+        room, identity, name = request[room_field], request[identity_field], request.get("participant_name", "")
         self.check_name(room, room_field, identifier=True)
         self.check_name(identity, identity_field, identifier=True)
         # "team-*" is a prefix, and needs at least one character after it.
         if not any(room == rule or rule.endswith("*") and room.startswith(rule[:-1]) and len(room) >= len(rule)
                    for rule in self.settings.rooms):
             raise HTTPError(403, "This room is not open to tokens from this server")
-        token = AccessToken(self.settings.api_key, self.settings.api_secret).with_identity(identity)
-        token.with_grants(VideoGrants(room=room, **self.grants)).with_ttl(datetime.timedelta(seconds=self.settings.token_ttl))
-        if request.get("participant_name"):
-            self.check_name(request["participant_name"], "participant_name", identifier=False)
-            token.with_name(request["participant_name"])
-        token.with_metadata(request.get("participant_metadata", ""))
+        self.check_name(name, "participant_name", identifier=False)
+        token = AccessToken(self.settings.api_key, self.settings.api_secret).with_identity(identity).with_name(name)
+        token.with_grants(VideoGrants(room=room, **self.grants)).with_metadata(request.get("participant_metadata", ""))
+        token.with_ttl(datetime.timedelta(seconds=self.settings.token_ttl))
         if "participant_attributes" in request:
             token.with_attributes(request["participant_attributes"])
         if "room_config" in request:
@@ -540,10 +526,9 @@ class TokenPolicy:
 
 def _rate_key(address: str) -> str:
     ip = _ip_address(address)
-    if ip is None:
-        return address[:64]
-    # One IPv6 host usually holds a whole /64: count it as one client.
-    return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else str(ip)
+    if ip is None or ip.version == 4:
+        return address[:64] if ip is None else str(ip)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))  # one IPv6 host usually holds a whole /64
 
 
 # --------------------------------------------------------------------------
@@ -591,7 +576,7 @@ class WebhookDelivery:
             with self.taken_lock:
                 self.taken[event_id] = now
                 self.taken.move_to_end(event_id)
-                while len(self.taken) > self.MAX_IDS or next(iter(self.taken.values())) <= now - self.window:
+                while self.taken and (len(self.taken) > self.MAX_IDS or next(iter(self.taken.values())) <= now - self.window):
                     self.taken.popitem(last=False)
 
     @contextlib.contextmanager
@@ -657,15 +642,14 @@ def _event_room(event: dict) -> str:
 
 MAX_HEAD_BYTES = 16 * 1024
 MAX_HEADERS = 99  # http.client reads at most 100 lines, the blank one ending the head included
-# A connection silent this long before its request (or after an answer) may be
-# closed to make room: a client sends its request as soon as it has connected.
+# A connection silent this long since it connected may be closed to make room: a
+# client sends its request as soon as it has connected.
 MAKE_ROOM_AFTER = 0.1
-# After an answer with the request left unread, what the client still sends is
-# swallowed for a while before closing: a close with unread data sends a reset,
-# which can destroy the answer before the client reads it.
-LINGER_SECONDS, MAX_LINGER_BYTES = 2.0, 1024 * 1024
-# An unread body up to this size is read past, so the connection carries the next request.
-MAX_SKIP_BYTES = 64 * 1024
+# An unread body up to MAX_SKIP_BYTES is read past, so the connection carries the next
+# request. After an answer with more left unread, what the client still sends is
+# swallowed for a while before closing: a close with unread data sends a reset, which
+# can destroy the answer before the client reads it.
+MAX_SKIP_BYTES, LINGER_SECONDS, MAX_LINGER_BYTES = 64 * 1024, 2.0, 1024 * 1024
 _TCHAR = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]"  # RFC 9110 §5.6.2
 _REQUEST_LINE = re.compile(rb"(%s+) ([!-~]+) HTTP/([0-9]\.[0-9])\r\n" % _TCHAR)
 _FIELD_NAME = re.compile(rb"%s+:" % _TCHAR)
@@ -673,36 +657,28 @@ _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # in a field value, RFC 911
 _LOGGED_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
 
 
-class _Refusal(Exception):
-    """A request the runner answers itself: JSON error, then the connection closes."""
-
-    def __init__(self, status: int, message: str, headers: tuple = ()) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers
-
-
 class _Connection(io.RawIOBase):
-    """A client connection: the raw stream under the handler's BufferedReader, and its state."""
+    """A client connection: the raw stream under its handler's BufferedReader, and its state."""
 
-    # Every recv ends by `deadline`, so a slow client cannot stretch a request. While
-    # the thread waits for a request's first byte with nothing buffered, `idle_since`
-    # says since when: the acceptor may then close the connection to make room.
+    # Every recv ends by `deadline`, so a slow client cannot stretch a request. While the
+    # thread waits for a request's first byte with nothing buffered, `idle_since` says
+    # since when, and the acceptor may close the connection to make room.
 
     def __init__(self, sock: socket.socket, server, over_limit: bool) -> None:
         super().__init__()
         self.sock, self.server = sock, server
         self.over_limit = over_limit  # (lock) accepted past max_connections: its request gets a 503
         self.idle_since: Optional[float] = None  # (lock)
-        self.answered = False  # (lock) it has answered a request: idle now means kept alive
-        self.between_requests = False  # the rest: the connection's own thread only
-        self.deadline = math.inf
-        self.unread = False  # the request was not read whole: linger before closing
+        self.answered = False  # (lock) idle after an answer: kept alive
+        # The connection's own thread only: whether it waits for a request, the deadline of
+        # that wait or of the request, and whether a request went unread (linger at close).
+        self.waiting, self.deadline, self.unread = False, math.inf, False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        if self.between_requests:
+        if self.waiting:
             with self.server.connections_lock:
                 if self.server.draining:
                     return 0  # as if the client had closed: no new request starts
@@ -718,7 +694,7 @@ class _Connection(io.RawIOBase):
                     if late:
                         raise TimeoutError from None
         finally:
-            if self.between_requests:
+            if self.waiting:
                 with self.server.connections_lock:
                     self.idle_since = None
 
@@ -757,17 +733,18 @@ class _StrictHandler:
 
     def setup(self) -> None:
         super().setup()
-        self.rfile.close()  # replaced: reads go through _Connection, with deadlines
-        # Kernel timeouts on a blocking socket: each recv returns within a tick, so that
-        # _Connection checks its deadline, and a send that stalls fails. Python's own
-        # socket timeouts cost a poll() and an ioctl() around each call, and the GIL
-        # handed over with each: MEASURED
-        tick = max(min(self.server.idle_timeout, self.server.request_timeout) / 10, 0.01)
-        for option, seconds in ((socket.SO_RCVTIMEO, tick), (socket.SO_SNDTIMEO, self.server.request_timeout)):
-            self.connection.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", int(seconds), int(seconds % 1 * 1e6)))
+        self.rfile.close()  # replaced below: reads go through _Connection, with deadlines
         with self.server.connections_lock:
             self.conn = self.server.connections[self.request]
         self.rfile = io.BufferedReader(self.conn)
+        # Kernel timeouts on the blocking socket: a recv returns within a tick, for
+        # _Connection to check its deadline, and a send that stalls fails. Python's own
+        # socket timeouts add a poll() and an ioctl() to each call, each handing the GIL
+        # over: MEASURED
+        tick = max(min(self.server.idle_timeout, self.server.request_timeout) / 10, 0.01)
+        for option, seconds in ((socket.SO_RCVTIMEO, tick), (socket.SO_SNDTIMEO, self.server.request_timeout)):
+            timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1e6))
+            self.connection.setsockopt(socket.SOL_SOCKET, option, timeval)
 
     def handle(self) -> None:
         self.close_connection = False
@@ -776,8 +753,7 @@ class _StrictHandler:
 
     def wait_for_request(self) -> bool:
         """Wait up to the idle timeout for a request's first byte. False: close quietly."""
-        self.conn.deadline = time.monotonic() + self.server.idle_timeout
-        self.conn.between_requests = True
+        self.conn.deadline, self.conn.waiting = time.monotonic() + self.server.idle_timeout, True
         try:
             # RFC 9112 §2.2: empty lines before a request are ignored (some clients send CRLF after a body).
             while self.rfile.peek(1)[:1] in (b"\r", b"\n"):
@@ -786,23 +762,22 @@ class _StrictHandler:
         except OSError:  # silent too long, reset, or closed to make room
             return False
         finally:
-            self.conn.between_requests = False
+            self.conn.waiting = False
 
     def handle_one_request(self) -> None:
         started = time.monotonic()
-        self.conn.deadline = started + self.server.request_timeout
-        self.conn.unread, self.command, self.path, self.request_version = True, "-", "-", "HTTP/1.0"
-        environ: dict = {}
+        self.conn.deadline, self.conn.unread = started + self.server.request_timeout, True
+        self.command, self.path, self.request_version, environ = "-", "-", "HTTP/1.0", {}
         try:
             try:
                 self.read_head()
                 if self.conn.over_limit:
-                    raise _Refusal(503, "Server is busy; try again", (("Retry-After", "1"),))
+                    raise HTTPError(503, "Server is busy; try again", (("Retry-After", "1"),))
                 status = self.run_app(environ)
-            except _Refusal as refusal:
-                status = self.refuse(refusal)
             except TimeoutError:  # the head or the body did not arrive by the deadline
-                status = self.refuse(_Refusal(408, "Request timed out"))
+                status = self.refuse(HTTPError(408, "Request timed out"))
+            except HTTPError as refusal:
+                status = self.refuse(refusal)
         except OSError:  # the client left or reset
             self.close_connection = True
             return
@@ -810,7 +785,7 @@ class _StrictHandler:
         log.info("request", extra={"fields": {
             "client": environ.get("REMOTE_ADDR", self.client_address[0]),
             "method": self.command if self.command in _LOGGED_METHODS else "-",  # any token is a method to HTTP
-            "path": path if len(path) <= 40 else path[:40] + "...",  # cut, so that no token fits in it
+            "path": path if len(path) <= 40 else path[:40] + "...",  # cut short, so no token fits in it
             "status": status, "duration_ms": round((time.monotonic() - started) * 1000, 1)}})
 
     def read_head(self) -> None:
@@ -820,50 +795,49 @@ class _StrictHandler:
             lines.append(self.rfile.readline(MAX_HEAD_BYTES + 1 - size))
             size += len(lines[-1])
             if size > MAX_HEAD_BYTES:
-                raise _Refusal(431, "Request head is too large")
+                raise HTTPError(431, "Request head is too large")
             if not lines[-1].endswith(b"\n"):
                 raise ConnectionAbortedError  # the client closed mid-head
             if not lines[-1].endswith(b"\r\n"):
-                raise _Refusal(400, "Request lines must end with CRLF")
+                raise HTTPError(400, "Request lines must end with CRLF")
         request_line = _REQUEST_LINE.fullmatch(lines[0])
         if not request_line:
-            raise _Refusal(400, "Malformed request line")
+            raise HTTPError(400, "Malformed request line")
         method, target, version = request_line.groups()
         if version not in (b"1.0", b"1.1"):
-            raise _Refusal(505, "Only HTTP/1.1 and HTTP/1.0 are supported")
+            raise HTTPError(505, "Only HTTP/1.1 and HTTP/1.0 are supported")
         if not (target.startswith(b"/") or target == b"*" and method == b"OPTIONS"):
-            raise _Refusal(400, "Request target must be a path")
+            raise HTTPError(400, "Request target must be a path")
         if len(lines) - 2 > MAX_HEADERS:
-            raise _Refusal(431, "Too many header fields")
+            raise HTTPError(431, "Too many header fields")
         for line in lines[1:-1]:
-            if not _FIELD_NAME.match(line):  # also refuses obs-fold, a line starting with white space
-                raise _Refusal(400, "Malformed header field")
+            if not _FIELD_NAME.match(line):  # also a line starting with white space: obs-fold
+                raise HTTPError(400, "Malformed header field")
             if _CONTROL.search(line, 0, len(line) - 2):
-                raise _Refusal(400, "Header field value has a control character")
+                raise HTTPError(400, "Header field value has a control character")
         # parse_request() reads the header fields from self.rfile: hand it the ones read above.
         self.raw_requestline, rfile, self.rfile = lines[0], self.rfile, io.BytesIO(b"".join(lines[1:]))
         try:
             self.parse_request()
         finally:
             self.rfile = rfile
-        headers = self.headers
-        if headers.defects:  # none after the checks above; refused should one appear
-            raise _Refusal(400, "Malformed header field")
-        if any(len(headers.get_all(name, ())) > 1 for name in ("Content-Length", "Host")):
-            raise _Refusal(400, "Repeated header field")
-        if "Transfer-Encoding" in headers:
+        if self.headers.defects:  # none after the checks above; refused should one appear
+            raise HTTPError(400, "Malformed header field")
+        if any(len(self.headers.get_all(name, ())) > 1 for name in ("Content-Length", "Host")):
+            raise HTTPError(400, "Repeated header field")
+        if "Transfer-Encoding" in self.headers:
             # No client of this server needs chunked uploads; refusing them also
             # closes the Content-Length/Transfer-Encoding smuggling gap.
-            raise _Refusal(411, "Transfer-Encoding is not supported; send Content-Length")
-        if not re.fullmatch(r"[0-9]{1,12}", headers.get("Content-Length", "0").strip(" \t")):
-            raise _Refusal(400, "Content-Length must be a decimal number")
-        if self.request_version == "HTTP/1.1" and "Host" not in headers:
-            raise _Refusal(400, "Host header is required")
+            raise HTTPError(411, "Transfer-Encoding is not supported; send Content-Length")
+        if not re.fullmatch(r"[0-9]{1,12}", self.headers.get("Content-Length", "0").strip(" \t")):
+            raise HTTPError(400, "Content-Length must be a decimal number")
+        if self.request_version == "HTTP/1.1" and "Host" not in self.headers:
+            raise HTTPError(400, "Host header is required")
 
     def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
         # parse_request() calls this with messages that echo the request: raise instead,
         # so that every refusal leaves through handle_one_request() as JSON.
-        raise _Refusal(code, "Malformed request")
+        raise HTTPError(code, "Malformed request")
 
     def handle_expect_100(self) -> bool:
         return True  # 100 Continue is sent by _Body, once the app reads
@@ -890,7 +864,7 @@ class _StrictHandler:
 
         def start_response(status: str, headers: list, exc_info=None) -> Callable:
             response[:] = [status, headers]
-            return response.append  # WSGI's write(): what it is given is sent before the returned body
+            return response.append  # WSGI's write(): what it is given goes out before the returned body
 
         try:
             result = self.server.app(environ, start_response)
@@ -905,17 +879,17 @@ class _StrictHandler:
             raise  # the client stalled (408) or left while the app read the body
         except Exception as err:  # the type only: an exception's message may hold what the log must not
             log.error("application error", extra={"fields": {"error": type(err).__name__}})
-            status, headers, chunks = _json_answer(500, "Internal server error")
+            status, headers, chunks = _json_answer(HTTPError(500, "Internal server error"))
         if 0 < body.remaining <= MAX_SKIP_BYTES and body.continue_to is None:
-            body.read()  # answered unread (401, 429): skipped, so the connection can carry the next request
+            body.read()  # answered unread (401, 429): skipped, so the connection carries the next request
         self.conn.unread = body.remaining > 0
         self.close_connection = self.close_connection or self.conn.unread or self.server.draining
         self.send(status, headers, chunks)
         return int(status[:3])
 
-    def refuse(self, refusal: _Refusal) -> int:
+    def refuse(self, refusal: HTTPError) -> int:
         self.close_connection = True
-        self.send(*_json_answer(refusal.status, refusal.message, refusal.headers))
+        self.send(*_json_answer(refusal))
         return refusal.status
 
     def send(self, status: str, headers: list, body: bytes) -> None:
@@ -927,19 +901,26 @@ class _StrictHandler:
             self.conn.answered = True
 
 
+def _json_answer(error: HTTPError) -> tuple:
+    """(status line, headers, body) of an error the runner answers itself."""
+    body = json.dumps({"errorMessage": error.message}).encode("ascii")
+    return f"{error.status} {HTTPStatus(error.status).phrase}", [
+        ("Content-Type", "application/json"), ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
+        *error.headers, ("Content-Length", str(len(body)))], body
+
+
 class _BoundedServer:
     """Mixed into ThreadingMixIn + HTTPServer: the connection bound, making room, and the drain."""
 
-    # The acceptor registers each connection in `connections` before starting its
-    # thread; the thread removes it as it ends, and signals `room_freed`.
+    # The acceptor registers each connection in `connections` before it starts the
+    # connection's thread; the thread removes it as it ends, and signals `room_freed`.
 
     daemon_threads = True  # the drain waits for requests in flight; none outlives the process
     block_on_close = False
     request_queue_size = 1024  # the listen backlog (socketserver's default is 5)
 
     def __init__(self, app: Callable, settings: Settings) -> None:
-        self.app = app
-        self.max_connections = settings.max_connections
+        self.app, self.max_connections = app, settings.max_connections
         self.idle_timeout, self.request_timeout = settings.idle_timeout, settings.request_timeout
         self.connections: dict = {}  # socket -> _Connection
         self.connections_lock = threading.Lock()
@@ -953,20 +934,18 @@ class _BoundedServer:
             # Past twice the bound, wait here: new connections queue in the listen backlog.
             self.room_freed.wait_for(lambda: len(self.connections) < 2 * self.max_connections or self.draining)
             if self.draining:
-                request.close()
-                return
+                return request.close()
             served = sum(not conn.over_limit for conn in self.connections.values())
             over_limit = served >= self.max_connections and not self.make_room()
             self.connections[request] = _Connection(request, self, over_limit)
         super().process_request(request, client_address)
 
     def make_room(self) -> bool:
-        """Close the connection idle longest: closed by its client, kept alive after an answer, or silent
-        for MAKE_ROOM_AFTER since it connected. Never one with a request on its way."""
-        # One bound for a 503 is never closed for room: that would free no place to serve from.
+        """Close the connection idle longest that was closed by its client, kept alive after an
+        answer, or silent for MAKE_ROOM_AFTER since it connected; never one with a request on its way."""
+        # Nor one bound for a 503: closing it would free no place to serve from.
         idle = [c for c in self.connections.values() if c.idle_since is not None and not c.over_limit]
-        idle.sort(key=lambda conn: conn.idle_since)
-        for conn in idle:
+        for conn in sorted(idle, key=lambda conn: conn.idle_since):
             waiting = _peek(conn.sock)
             if waiting == b"" or waiting is None and (conn.answered or time.monotonic() - conn.idle_since >= MAKE_ROOM_AFTER):
                 self.close_idle(conn)
@@ -975,7 +954,7 @@ class _BoundedServer:
 
     def close_idle(self, conn: _Connection) -> None:
         del self.connections[conn.sock]
-        with contextlib.suppress(OSError):  # its thread's recv sees the end of the stream, and the thread ends
+        with contextlib.suppress(OSError):  # its thread's recv sees the end of the stream; the thread ends
             conn.sock.shutdown(socket.SHUT_RDWR)
 
     def shutdown_request(self, request: socket.socket) -> None:
@@ -989,7 +968,7 @@ class _BoundedServer:
                 while swallowed < MAX_LINGER_BYTES and time.monotonic() < deadline:
                     request.settimeout(max(deadline - time.monotonic(), 0.001))
                     data = request.recv(65536)
-                    swallowed += len(data) if data else MAX_LINGER_BYTES  # b"": the client closed
+                    swallowed += len(data) if data else MAX_LINGER_BYTES  # b"": the client has closed
         super().shutdown_request(request)
         with self.connections_lock:
             self.connections.pop(request, None)
@@ -1011,14 +990,6 @@ class _BoundedServer:
             for conn in [conn for conn in self.connections.values() if conn.idle_since is not None]:
                 self.close_idle(conn)
             self.room_freed.wait_for(lambda: not self.connections, timeout=grace)
-
-
-def _json_answer(status: int, message: str, headers: tuple = ()) -> tuple:
-    """(status line, headers, body) of the runner's own JSON error answers."""
-    body = json.dumps({"errorMessage": message}).encode("ascii")
-    return f"{status} {HTTPStatus(status).phrase}", [
-        ("Content-Type", "application/json"), ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
-        *headers, ("Content-Length", str(len(body)))], body
 
 
 def _peek(sock: socket.socket) -> Optional[bytes]:
@@ -1050,7 +1021,6 @@ def make_server(app: Callable, settings: Settings):
             self.server_name, self.server_port = self.server_address[:2]
 
     try:
-        socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
         return Server(app, settings)
     except OSError as err:
         if isinstance(err, socket.gaierror) or err.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
@@ -1059,7 +1029,7 @@ def make_server(app: Callable, settings: Settings):
 
 
 def serve(app: Callable, settings: Settings, *, grace: float = 10.0) -> None:
-    """Serve `app`, any WSGI callable, until SIGTERM, SIGINT or SIGHUP; then drain (see drain()) and return.
+    """Serve `app`, any WSGI callable, until SIGTERM, SIGINT or SIGHUP, then drain() it and return.
     From the main thread; a second signal ends the process at once."""
     server = make_server(app, settings)
     signals = [getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name)]
@@ -1068,8 +1038,7 @@ def serve(app: Callable, settings: Settings, *, grace: float = 10.0) -> None:
     def stop(signum: int, frame) -> None:  # the main thread, inside serve_forever()
         for number in signals:
             signal.signal(number, signal.SIG_DFL)
-        log.info("stopping: finishing requests in flight", extra={"fields": {"signal": signal.Signals(signum).name}})
-        drains.append(threading.Thread(target=server.drain, args=(grace,)))
+        drains.append(threading.Thread(target=_drain, args=(server, grace, signal.Signals(signum).name)))
         drains[0].start()
 
     for number in signals:
@@ -1077,6 +1046,11 @@ def serve(app: Callable, settings: Settings, *, grace: float = 10.0) -> None:
     log.info("listening", extra={"fields": {"host": server.server_name, "port": server.server_port}})
     server.serve_forever()
     drains[0].join()
+
+
+def _drain(server, grace: float, signal_name: str) -> None:  # its own thread: serve_forever() waits for it
+    log.info("stopping: finishing requests in flight", extra={"fields": {"signal": signal_name}})
+    server.drain(grace)
     log.info("stopped")
 
 
@@ -1087,18 +1061,17 @@ def serve(app: Callable, settings: Settings, *, grace: float = 10.0) -> None:
 class LogfmtFormatter(logging.Formatter):
     """time, level and msg, then the record's fields (extra={"fields": {...}}), as key=value."""
 
-    # A value that is not a plain word is JSON-quoted, so no value can forge a line or a field.
-
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
         fields = {"time": stamp, "level": record.levelname, "msg": record.getMessage(), **getattr(record, "fields", {})}
         if record.exc_info:
             fields["traceback"] = self.formatException(record.exc_info)
-        return " ".join(f"{key}={self.quote(str(value))}" for key, value in fields.items())
+        # A value that is not a plain word is JSON-quoted, so no value can forge a line or a field.
+        return " ".join(f"{key}={value if _PLAIN.fullmatch(value) else json.dumps(value)}"
+                        for key, value in ((key, str(value)) for key, value in fields.items()))
 
-    @staticmethod
-    def quote(text: str) -> str:
-        return text if re.fullmatch(r"[\w.:/@+-]+", text, re.ASCII) else json.dumps(text)
+
+_PLAIN = re.compile(r"[\w.:/@+-]+", re.ASCII)
 
 
 def configure_logging(stream=None) -> None:
@@ -1115,11 +1088,11 @@ def configure_logging(stream=None) -> None:
 def check_startup(settings: Settings) -> None:
     """Warn about what is risky in `settings`; raise SettingsError for what cannot work."""
     loopback = settings.host == "localhost" or getattr(_ip_address(settings.host), "is_loopback", False)
+    reach = "Listening on loopback only; SERVER_HOST=0.0.0.0 opens it to the local network (phones)."
     if settings.dev_mode:
-        log.warning("DEVELOPMENT MODE: no LIVEKIT_API_KEY and LIVEKIT_API_SECRET, so tokens are signed with "
-                    "LiveKit's public development key and anyone who can reach this server can forge webhooks. "
-                    + ("Listening on loopback only; SERVER_HOST=0.0.0.0 opens it to the local network (phones)."
-                       if loopback else "Never expose this server."))
+        log.warning("DEVELOPMENT MODE: no LIVEKIT_API_KEY and LIVEKIT_API_SECRET, so tokens are signed with LiveKit's "
+                    "public development key and anyone who can reach this server can forge webhooks. "
+                    f"{reach if loopback else 'Never expose this server.'}")
     if not settings.auth_secrets and not loopback:
         log.warning(f"/token is open: anyone who can reach port {settings.port} can get tokens. "
                     f"{SETTING_NAMES['auth_secrets']} closes it.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import logging
 import re
 import sys
 import time
@@ -20,7 +21,9 @@ from livekit import api as sdk
 
 import livekit_auth
 from helpers import webhook_authorization
-from server import MAX_TOKEN_BODY_BYTES, MAX_WEBHOOK_BODY_BYTES, OPTIONAL_CLIENT_FIELDS, Settings, make_app
+from server import (
+    MAX_TOKEN_BODY_BYTES, MAX_WEBHOOK_BODY_BYTES, OPTIONAL_CLIENT_FIELDS, LogfmtFormatter, Settings, make_app,
+)
 from support_wsgi import Response, UnreadableInput, environ_for, run_app
 from vectors import body_sha256
 
@@ -72,9 +75,10 @@ def call(
     headers: dict = None,
     wsgi_input=None,
     validate: bool = True,
+    environ: dict = None,
 ) -> Response:
-    """One request; `content_type`/`content_length` None leaves the header out."""
-    environ = environ_for(method, path, io.BytesIO(body) if wsgi_input is None else wsgi_input)
+    """One request; `content_type`/`content_length` None leaves the header out; `environ` adds CGI variables."""
+    environ = {**environ_for(method, path, io.BytesIO(body) if wsgi_input is None else wsgi_input), **(environ or {})}
     if content_type is not None:
         environ["CONTENT_TYPE"] = content_type
     if content_length is AUTO:
@@ -157,8 +161,17 @@ def test_openvidu_token_equals_the_sdk_golden_vector_byte_for_byte():
         Settings(api_key=VECTORS["api_key"], api_secret=VECTORS["api_secret"], token_ttl=6 * 3600),
         clock=lambda: vector["now"],
     )
-    response = post_json(app, {"roomName": "Test Room", "participantName": "Participant42"})
+    # With the default rate limit, from a client address as every WSGI server gives one.
+    response = post_json(
+        app, {"roomName": "Test Room", "participantName": "Participant42"}, environ={"REMOTE_ADDR": "192.0.2.1"}
+    )
     assert (response.status, response.json()) == (200, {"token": vector["jwt"]})
+
+
+def test_token_with_the_rate_limit_on_and_no_remote_addr_is_served():
+    app = app_for(rate_per_minute=60, rate_burst=1)
+    body = {"roomName": "Test Room", "participantName": "Participant42"}
+    assert [post_json(app, body).status for _ in range(2)] == [200, 429]  # one bucket for "no address"
 
 
 @pytest.mark.parametrize("ttl", [1, 60, 86400], ids=["1s", "1min", "1day"])
@@ -215,15 +228,28 @@ def test_openvidu_bad_fields_are_400(body):
     assert (response.status, response.json()) == (400, error("roomName and participantName are required"))
 
 
+REFUSED_CHARACTER = object()  # the message depends on the field: see name_message()
 NAME_ROWS = [
     ("x" * 257, "must be at most 256 characters", "257-chars"),
-    ("\x00", "must not contain control characters", "NUL"),
-    ("a\nb", "must not contain control characters", "newline"),
-    ("a\tb", "must not contain control characters", "tab"),
-    ("a\x1bb", "must not contain control characters", "escape"),
-    ("a\x7fb", "must not contain control characters", "DEL"),
-    ("a\x85b", "must not contain control characters", "C1-NEL"),
+    ("\x00", REFUSED_CHARACTER, "NUL"),
+    ("a\nb", REFUSED_CHARACTER, "newline"),
+    ("a\tb", REFUSED_CHARACTER, "tab"),
+    ("a\x1bb", REFUSED_CHARACTER, "escape"),
+    ("a\x7fb", REFUSED_CHARACTER, "DEL"),
+    ("a\x85b", REFUSED_CHARACTER, "C1-NEL"),
+    ("a\u2028b", REFUSED_CHARACTER, "line-separator"),
+    ("a\u202eb", REFUSED_CHARACTER, "right-to-left-override"),
+    ("a\ufffeb", REFUSED_CHARACTER, "noncharacter"),
 ]
+
+
+def name_message(field: str, message) -> str:
+    """The 400 message for a bad name: display names (participant_name) and identifiers refuse different sets."""
+    if message is not REFUSED_CHARACTER:
+        return f"{field} {message}"
+    if field == "participant_name":
+        return f"{field} must not contain control, separator or bidi-override characters"
+    return f"{field} must not contain control, invisible or private-use characters"
 
 
 @pytest.mark.parametrize("field", ["roomName", "participantName"])
@@ -231,7 +257,7 @@ NAME_ROWS = [
 def test_openvidu_bad_names_are_400(field, value, message):
     body = {"roomName": "r", "participantName": "p", field: value}
     response = post_json(app_for(), body)
-    assert (response.status, response.json()) == (400, error(f"{field} {message}"))
+    assert (response.status, response.json()) == (400, error(name_message(field, message)))
 
 
 @pytest.mark.parametrize(
@@ -313,13 +339,19 @@ FORBIDDEN_ROWS = [
     ({"room_config": {}}, frozenset(("participant_name",)), "room_config", "default-room_config"),
     ({"participant_name": "n"}, frozenset(), "participant_name", "none-name"),
     ({"participant_metadata": ""}, frozenset(), "participant_metadata", "none-empty-metadata"),
-    ({"room_config": None}, frozenset(("participant_name",)), "room_config", "default-null-room_config"),
+    pytest.param(
+        {"room_config": None}, frozenset(("participant_name",)), "room_config", id="default-null-room_config",
+    ),
+    pytest.param(
+        {"participant_metadata": 5}, frozenset(), "participant_metadata", id="none-number-metadata",
+    ),
     ({"participant_metadata": "m"}, frozenset(("room_config",)), "participant_metadata", "other-field-allowed"),
 ]
 
 
 @pytest.mark.parametrize(
-    "extra,client_fields,field", [row[:3] for row in FORBIDDEN_ROWS], ids=[row[3] for row in FORBIDDEN_ROWS]
+    "extra,client_fields,field",
+    [row if isinstance(row, type(pytest.param())) else pytest.param(*row[:3], id=row[3]) for row in FORBIDDEN_ROWS],
 )
 def test_standard_fields_not_allowed_by_settings_are_403(extra, client_fields, field):
     body = {"room_name": "r", "participant_identity": "u", **extra}
@@ -400,7 +432,7 @@ def test_standard_wrong_types_are_400(extra, message):
 def test_standard_bad_names_are_400(field, value, message):
     body = {"room_name": "r", "participant_identity": "u", field: value}
     response = post_json(app_for(client_fields=ALL_CLIENT_FIELDS), body)
-    assert (response.status, response.json()) == (400, error(f"{field} {message}"))
+    assert (response.status, response.json()) == (400, error(name_message(field, message)))
 
 
 @pytest.mark.parametrize(
@@ -462,41 +494,78 @@ def _padded(size: int) -> bytes:
     return head + b"x" * (size - len(head) - 2) + b'"}'
 
 
+NOT_UTF8 = "Request body is not UTF-8"
+NOT_JSON = "Request body is not valid JSON"
+DUPLICATE_KEY = "Request body has a duplicate key"
+NAN = "Request body has NaN or Infinity"
+SURROGATE = "Request body has an unpaired surrogate"
+TOO_DEEP = "Request body is nested too deeply"
+NOT_AN_OBJECT = "Request body is not a JSON object"
+REQUEST_HEAD = b'{"roomName":"r","participantName":"p","x":'
+
+
+def _nested(depth: int) -> bytes:
+    """A valid request whose "x" nests `depth` arrays: the whole document is depth + 1 deep."""
+    return REQUEST_HEAD + b"[" * depth + b"]" * depth + b"}"
+
+
+# (body, exact errorMessage, id): each rule loads_object enforces says which one failed.
 NOT_A_JSON_OBJECT = [
-    (b"roomName=r&participantName=p", "form-encoded"),
-    (b"", "empty"),
-    (b"   ", "whitespace"),
-    (b"[]", "array"),
-    (b'[{"roomName":"r","participantName":"p"}]', "array-of-request"),
-    (b'"roomName"', "string"),
-    (b"null", "null"),
-    (b"1", "number"),
-    (b'{"roomName":"r","participantName":"p"', "truncated"),
-    (b'{"roomName":"r","participantName":"p"} {}', "trailing-data"),
-    (b'{"roomName":"r\xff","participantName":"p"}', "invalid-utf8"),
-    (b'{"roomName":"\xed\xa0\x80","participantName":"p"}', "utf8-encoded-surrogate"),
-    ('{"roomName":"r","participantName":"p"}'.encode("utf-16"), "utf16-bom"),
-    ('{"roomName":"r","participantName":"p"}'.encode("utf-16-le"), "utf16-le"),
-    ('{"roomName":"r","participantName":"p"}'.encode("utf-32"), "utf32"),
-    (b'\xef\xbb\xbf{"roomName":"r","participantName":"p"}', "utf8-bom"),
-    (b'{"roomName":"\\ud800","participantName":"p"}', "lone-surrogate-escape"),
-    (b'{"roomName":"r","participantName":"p","participantName":"q"}', "duplicate-key"),
-    (b'{"roomName":"r","participantName":"p","x":{"a":1,"a":1}}', "nested-duplicate-key"),
-    (b'{"roomName":"r","participantName":"p","x":NaN}', "NaN"),
-    (b'{"roomName":"r","participantName":"p","x":Infinity}', "Infinity"),
-    (b'{"roomName":"r","participantName":"p","x":-Infinity}', "minus-Infinity"),
-    (b'{"roomName":"r","participantName":"p","x":' + b"[" * 7000 + b"]" * 7000 + b"}", "nested-7000-deep"),
-    (b'{"roomName":"r","participantName":"p","x":' + b"1" * 5000 + b"}", "integer-5000-digits"),
-    (b"{'roomName':'r','participantName':'p'}", "single-quotes"),
-    (b'{"roomName":"r","participantName":"p",}', "trailing-comma"),
+    (b"roomName=r&participantName=p", NOT_JSON, "form-encoded"),
+    (b"", NOT_JSON, "empty"),
+    (b"   ", NOT_JSON, "whitespace"),
+    (b"[]", NOT_AN_OBJECT, "array"),
+    (b'[{"roomName":"r","participantName":"p"}]', NOT_AN_OBJECT, "array-of-request"),
+    (b'"roomName"', NOT_AN_OBJECT, "string"),
+    (b"null", NOT_AN_OBJECT, "null"),
+    (b"1", NOT_AN_OBJECT, "number"),
+    (b'{"roomName":"r","participantName":"p"', NOT_JSON, "truncated"),
+    (b'{"roomName":"r","participantName":"p"} {}', NOT_JSON, "trailing-data"),
+    (b'{"roomName":"r\xff","participantName":"p"}', NOT_UTF8, "invalid-utf8"),
+    (b'{"roomName":"\xed\xa0\x80","participantName":"p"}', NOT_UTF8, "utf8-encoded-surrogate"),
+    ('{"roomName":"r","participantName":"p"}'.encode("utf-16"), NOT_UTF8, "utf16-bom"),
+    ('{"roomName":"r","participantName":"p"}'.encode("utf-16-le"), NOT_JSON, "utf16-le"),  # ASCII and NULs: UTF-8
+    ('{"roomName":"r","participantName":"p"}'.encode("utf-32"), NOT_UTF8, "utf32"),
+    (b'\xef\xbb\xbf{"roomName":"r","participantName":"p"}', NOT_JSON, "utf8-bom"),
+    (b'{"roomName":"\\ud800","participantName":"p"}', SURROGATE, "lone-surrogate-escape"),
+    (b'{"roomName":"\\udfff","participantName":"p"}', SURROGATE, "lone-low-surrogate-escape"),
+    (b'{"roomName":"\\ude00\\ud83d","participantName":"p"}', SURROGATE, "surrogates-in-the-wrong-order"),
+    (b'{"roomName":"r","participantName":"p","participantName":"q"}', DUPLICATE_KEY, "duplicate-key"),
+    (b'{"roomName":"r","participantName":"p","x":{"a":1,"a":1}}', DUPLICATE_KEY, "nested-duplicate-key"),
+    (REQUEST_HEAD + b"NaN}", NAN, "NaN"),
+    (REQUEST_HEAD + b"Infinity}", NAN, "Infinity"),
+    (REQUEST_HEAD + b"-Infinity}", NAN, "minus-Infinity"),
+    (REQUEST_HEAD + b"1e400}", NAN, "overflows-to-infinity"),
+    (_nested(64), TOO_DEEP, "65-deep"),
+    (_nested(7000), TOO_DEEP, "nested-7000-deep"),
+    (REQUEST_HEAD + b"1" * 5000 + b"}", NOT_JSON, "integer-5000-digits"),
+    (b"{'roomName':'r','participantName':'p'}", NOT_JSON, "single-quotes"),
+    (b'{"roomName":"r","participantName":"p",}', NOT_JSON, "trailing-comma"),
 ]
 
 
-@pytest.mark.parametrize("body", [row[0] for row in NOT_A_JSON_OBJECT], ids=[row[1] for row in NOT_A_JSON_OBJECT])
-def test_body_that_is_not_a_strict_json_object_is_400(body):
+@pytest.mark.parametrize(
+    "body,message", [row[:2] for row in NOT_A_JSON_OBJECT], ids=[row[2] for row in NOT_A_JSON_OBJECT]
+)
+def test_body_that_is_not_a_strict_json_object_is_400_naming_the_rule(body, message):
     assert len(body) <= MAX_TOKEN_BODY_BYTES
     response = call(app_for(), "POST", "/token", body)
-    assert (response.status, response.json()) == (400, error("Request body must be a JSON object"))
+    assert (response.status, response.json()) == (400, error(message))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _nested(63),
+        REQUEST_HEAD + b"1e308}",
+        b'{"roomName":"\\ud83d\\ude00","participantName":"p"}',
+        REQUEST_HEAD + b"1" * 4300 + b"}",
+    ],
+    ids=["64-deep", "largest-finite-exponent", "surrogate-pair", "integer-4300-digits"],
+)
+def test_json_just_inside_each_rule_is_taken(body):
+    response = call(app_for(), "POST", "/token", body)
+    assert response.status == 200
 
 
 @pytest.mark.parametrize(
@@ -617,7 +686,7 @@ def test_webhook_golden_vectors_are_accepted(path, vector_name, prefix):
         headers={"Authorization": prefix + vector["jwt"]},
     )
     assert (response.status, response.json()) == (200, {"status": "ok"})
-    assert events == [json.loads(vector["body"])]
+    assert [event.to_dict() for event in events] == [json.loads(vector["body"])]
 
 
 def test_webhook_without_on_event_is_200():
@@ -767,7 +836,7 @@ def test_webhook_signed_by_us_is_accepted():
     app = app_for(on_event=events.append)
     response = call(app, "POST", "/webhook", body, headers={"Authorization": signed_webhook(body)})
     assert (response.status, response.json()) == (200, {"status": "ok"})
-    assert events == [{"event": "room_finished", "room": {"name": "r"}, "id": "EV_1"}]
+    assert [event.to_dict() for event in events] == [{"event": "room_finished", "room": {"name": "r"}, "id": "EV_1"}]
 
 
 @pytest.mark.parametrize("path", WEBHOOK_PATHS)
@@ -781,26 +850,82 @@ def test_webhook_signed_by_the_sdk_is_accepted(path, prefix):
     headers = {"Authorization": prefix + jwt}
     response = call(app, "POST", path, body, content_type="application/webhook+json", headers=headers)
     assert (response.status, response.json()) == (200, {"status": "ok"})
-    assert events == [json.loads(body)]
+    assert [event.to_dict() for event in events] == [json.loads(body)]
 
 
-def test_webhook_handler_failure_is_500():
+def test_on_event_receives_a_webhook_event_read_by_attribute():
+    events: list = []
+    body = (
+        b'{"event":"participant_joined","id":"EV_7","createdAt":"1735689600",'
+        b'"room":{"sid":"RM_1","name":"Test Room"},"participant":{"identity":"alice","name":"Alice"}}'
+    )
+    app = app_for(on_event=events.append)
+    response = call(app, "POST", "/webhook", body, headers={"Authorization": signed_webhook(body)})
+    assert (response.status, response.json()) == (200, {"status": "ok"})
+    [event] = events
+    assert type(event) is livekit_auth.WebhookEvent
+    assert (event.event, event.id, event.room.name, event.participant.identity) == (
+        "participant_joined", "EV_7", "Test Room", "alice"
+    )
+    assert (event.room.sid, event.participant.name, event.created_at) == ("RM_1", "Alice", 1735689600)
+    assert event.to_dict() == json.loads(body)
+    assert event.track.sid == ""  # a message the event lacks reads as empty, as in protobuf
+
+
+def _handler_failure_app(calls: list, message: str):
     vector = VECTOR["server-webhook"]
-    calls = []
 
     def on_event(event):
         calls.append(event)
-        raise RuntimeError(f"handler broke with {API_SECRET}")
+        raise RuntimeError(message)
 
     app = make_app(
         Settings(api_key=VECTORS["api_key"], api_secret=VECTORS["api_secret"]),
         clock=lambda: vector["now"],
         on_event=on_event,
     )
+    return app, vector
+
+
+def test_webhook_handler_failure_is_500():
+    calls: list = []
+    app, vector = _handler_failure_app(calls, f"handler broke with {API_SECRET}")
     response = call(app, "POST", "/webhook", vector["body"].encode(), headers={"Authorization": vector["jwt"]})
     assert (response.status, response.json()) == (500, error("Webhook handler failed"))
     assert len(calls) == 1
     assert API_SECRET.encode() not in response.body
+
+
+def test_webhook_handler_failure_is_logged_with_its_message_and_traceback(caplog):
+    calls: list = []
+    app, vector = _handler_failure_app(calls, "the database is down")
+    with caplog.at_level(logging.INFO, logger="livekit_token_server"):
+        response = call(app, "POST", "/webhook", vector["body"].encode(), headers={"Authorization": vector["jwt"]})
+    assert (response.status, response.json()) == (500, error("Webhook handler failed"))
+    assert b"database" not in response.body  # the handler's message is for the log, not for the caller
+    [record] = [record for record in caplog.records if record.getMessage() == "webhook handler failed"]
+    assert (record.name, record.levelname) == ("livekit_token_server", "ERROR")
+    assert record.fields == {"id": json.loads(vector["body"]).get("id", "")}
+    kind, raised, _ = record.exc_info
+    assert (kind, str(raised)) == (RuntimeError, "the database is down")
+    line = LogfmtFormatter().format(record)
+    assert line.startswith("time=") and 'msg="webhook handler failed"' in line
+    assert "Traceback (most recent call last)" in line and "RuntimeError: the database is down" in line
+    assert "\n" not in line  # one line: the traceback is a quoted field
+
+
+def test_each_webhook_event_is_logged_with_fields(caplog):
+    body = b'{"event":"participant_left","id":"EV_9","room":{"name":"r"},"participant":{"identity":"p"}}'
+    app = app_for()
+    with caplog.at_level(logging.INFO, logger="livekit_token_server"):
+        for _ in range(2):
+            response = call(app, "POST", "/webhook", body, headers={"Authorization": signed_webhook(body)})
+            assert response.status == 200
+    records = [(r.getMessage(), r.fields) for r in caplog.records if r.getMessage().startswith("webhook")]
+    assert records == [
+        ("webhook event", {"event": "participant_left", "id": "EV_9", "room": "r", "participant": "p"}),
+        ("webhook duplicate", {"id": "EV_9"}),
+    ]
 
 
 def test_webhook_without_content_length_is_411():
@@ -882,6 +1007,7 @@ def test_healthz_head_has_no_body_and_the_get_length():
         "/livekit",
         "/token.json",
         "/%74oken",
+        "/metrics",  # removed: no metrics endpoint any more
     ],
 )
 @pytest.mark.parametrize("method", ["GET", "POST"])
