@@ -2,6 +2,7 @@
 #   docker build -t livekit-token-server .
 #   docker run --rm -p 6080:6080 -e LIVEKIT_API_KEY=... -e LIVEKIT_API_SECRET=... livekit-token-server
 # Configuration is by environment variable only (README.md lists them); no config.ini is read.
+# Without both credentials the container exits at once with status 2, naming the missing one.
 
 # The official image, pinned to Python 3.12 by tag. For builds that must not
 # change under you, pin the digest too: python:3.12-slim@sha256:<digest>.
@@ -12,6 +13,17 @@ FROM python:3.12-slim
 # itself runs with -E, which ignores every PYTHON* variable, so -B on its
 # command line does what the first one would.
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+
+# Outside a container, a server given no API key and secret runs in development
+# mode: signed with LiveKit's public dev key, so anyone who reaches it can forge
+# webhooks, and on loopback unless SERVER_HOST says otherwise. Here SERVER_HOST
+# must be 0.0.0.0 to be reachable through a published port, so the image never
+# lets credentials be missing: both are set, empty, and an empty one stops the
+# server (exit 2, "livekit.api_key (LIVEKIT_API_KEY) must not be empty") until
+# `docker run -e` gives real ones. To run against `livekit-server --dev`, pass
+# its devkey and secret explicitly. (BuildKit's SecretsUsedInArgOrEnv check
+# warns about these two names; their values here are empty.)
+ENV LIVEKIT_API_KEY="" LIVEKIT_API_SECRET="" SERVER_HOST=0.0.0.0
 
 WORKDIR /app
 
@@ -32,8 +44,7 @@ RUN install -d -m 0700 -o 10001 -g 10001 /var/lib/livekit-token-server
 # entry is needed, since the server never looks its user up.
 USER 10001:10001
 
-# SERVER_PORT's default. SERVER_HOST's default, 0.0.0.0, is what a container
-# needs: 127.0.0.1 would be unreachable from outside it.
+# SERVER_PORT's default.
 EXPOSE 6080
 
 # urllib, as slim has no curl. A proxy from HTTP_PROXY must not carry a request

@@ -29,16 +29,15 @@ from http import HTTPStatus
 from typing import Callable, Iterable, Mapping, Optional
 from urllib.parse import unquote_to_bytes
 
-from livekit_auth import (
-    AccessToken, LiveKitAuthError, MalformedWebhook, TokenVerifier, VideoGrants, WebhookEvent, WebhookReceiver,
-    dumps_compact, loads_object,
-)
+from livekit_auth import (AccessToken, LiveKitAuthError, MalformedWebhook, TokenVerifier, VideoGrants, WebhookEvent,
+                          WebhookReceiver, dumps_compact, loads_object)
 
 log = logging.getLogger("livekit_token_server")
 
 # What `livekit-server --dev` and OpenVidu's local deployment use.
 DEV_API_KEY, DEV_API_SECRET = "devkey", "secret"
 MAX_TOKEN_BODY_BYTES = 16 * 1024
+MAX_NAME_LENGTH = 256  # room names, identities and display names
 MAX_WEBHOOK_BODY_BYTES = 1024 * 1024  # LiveKit events carry a room and a participant or track: a few KiB
 # Standard-shape fields a deployment may let clients set; room_name and participant_identity always are.
 OPTIONAL_CLIENT_FIELDS = ("participant_name", "participant_metadata", "participant_attributes", "room_config")
@@ -93,13 +92,6 @@ def _list(text: str, name: str) -> frozenset:
     return _list_or_none(text, name)
 
 
-def _key_pairs(text: str, name: str) -> tuple:
-    pairs = [word.partition(":") for word in _list(text, name)]
-    if not all(key and colon and secret for key, colon, secret in pairs) or len({p[0] for p in pairs}) < len(pairs):
-        raise SettingsError(f"{name} takes distinct key:secret pairs")
-    return tuple(sorted((key, secret) for key, _, secret in pairs))
-
-
 def _networks(text: str, name: str) -> tuple:
     try:
         return tuple(ipaddress.ip_network(word, strict=False) for word in sorted(_list_or_none(text, name)))
@@ -133,21 +125,14 @@ class Settings:
     token_ttl: int = _setting("TOKEN_TTL", _integer, 900)
     # Room names, or prefixes ending in "*"; "*" alone: any room.
     rooms: frozenset = _setting("TOKEN_ROOMS", _list, frozenset(("*",)))
-    max_name_length: int = _setting("TOKEN_MAX_NAME_LENGTH", _integer, 256)
-    # Room names and identities of ASCII letters, digits and " -_.:@" only.
-    safe_names: bool = _setting("TOKEN_SAFE_NAMES", _flag, False)
     client_fields: frozenset = _setting("TOKEN_CLIENT_FIELDS", _list_or_none, frozenset(("participant_name",)))
     can_publish: bool = _setting("TOKEN_CAN_PUBLISH", _flag, True)
     can_publish_sources: frozenset = _setting("TOKEN_CAN_PUBLISH_SOURCES", _list, frozenset())  # none: any
     can_subscribe: bool = _setting("TOKEN_CAN_SUBSCRIBE", _flag, True)
     can_publish_data: bool = _setting("TOKEN_CAN_PUBLISH_DATA", _flag, True)
-    can_update_own_metadata: bool = _setting("TOKEN_CAN_UPDATE_OWN_METADATA", _flag, False)
-    hidden: bool = _setting("TOKEN_HIDDEN", _flag, False)
     # Token requests a minute per client address (0: no limit), and how many at once.
     rate_per_minute: int = _setting("TOKEN_RATE_PER_MINUTE", _integer, 300)
     rate_burst: int = _setting("TOKEN_RATE_BURST", _integer, 60)
-    # (key, secret) pairs that may sign webhooks; none: the API key and secret.
-    webhook_keys: tuple = _setting("WEBHOOK_API_KEYS", _key_pairs, (), secret=True)
     dedupe_seconds: int = _setting("WEBHOOK_DEDUPE_SECONDS", _integer, 600)
     # JSON lines: each accepted event is written there (fsync) before the 200.
     event_file: str = _setting("WEBHOOK_EVENT_FILE", _text, "")
@@ -163,13 +148,14 @@ class Settings:
              "must be a ws://, wss://, http:// or https:// URL"),
             (self.client_fields <= set(OPTIONAL_CLIENT_FIELDS), "client_fields",
              "takes only: " + ", ".join(OPTIONAL_CLIENT_FIELDS)),
-            (self.can_publish_sources <= set(TRACK_SOURCES), "can_publish_sources", "takes only: " + ", ".join(TRACK_SOURCES)),
-            (self.rooms and not any("*" in room[:-1] for room in self.rooms), "rooms", 'takes room names, or prefixes ending in "*"'),
-            (self.allowed_origins == {"*"} or self.allowed_origins and all(re.fullmatch(origin, o) for o in self.allowed_origins),
-             "allowed_origins", "takes * alone, or origins like https://app.example.com"),
+            (self.can_publish_sources <= set(TRACK_SOURCES), "can_publish_sources",
+             "takes only: " + ", ".join(TRACK_SOURCES)),
+            (self.rooms and not any("*" in room[:-1] for room in self.rooms), "rooms",
+             'takes room names, or prefixes ending in "*"'),
+            (self.allowed_origins == {"*"} or self.allowed_origins and all(re.fullmatch(origin, o) for o in
+             self.allowed_origins), "allowed_origins", "takes * alone, or origins like https://app.example.com"),
             (not self.event_file or os.path.isabs(self.event_file), "event_file", "must be an absolute path"),
             ("" not in self.auth_secrets, "auth_secrets", "must not hold an empty secret"),
-            (all(key and secret for key, secret in self.webhook_keys), "webhook_keys", "takes distinct key:secret pairs"),
         ]
         for ok, field, problem in checks:
             if not ok:
@@ -183,20 +169,20 @@ SETTING_SOURCES = {field.name: ("tokens" if env.startswith("TOKEN_") else env.pa
 SETTING_NAMES = {field: f"{section}.{key} ({env})" for field, (section, key, env) in SETTING_SOURCES.items()}
 _RANGES = {  # inclusive bounds of the numeric settings
     "port": (0, 65535), "max_connections": (1, 10000), "idle_timeout": (0.001, 3600),
-    "request_timeout": (0.001, 3600), "token_ttl": (1, 30 * 24 * 3600), "max_name_length": (1, 1024),
+    "request_timeout": (0.001, 3600), "token_ttl": (1, 30 * 24 * 3600),
     "rate_per_minute": (0, 1_000_000), "rate_burst": (1, 1_000_000), "dedupe_seconds": (0, 7 * 24 * 3600)}
 
 
 def load_settings(environ: Mapping[str, str], config_path: Optional[str] = None) -> Settings:
-    """Settings from built-in defaults, then the config.ini at `config_path`, then `environ`.
-    Raises SettingsError. With neither API key nor secret anywhere: development mode."""
+    """Settings from built-in defaults, then the config.ini at `config_path`, then `environ`; SettingsError."""
     values = _read_config(config_path) if config_path is not None else {}
     values.update({field: (env, environ[env]) for field, (_, _, env) in SETTING_SOURCES.items() if env in environ})
     parse = {field.name: field.metadata.get("parse") for field in dataclasses.fields(Settings)}
     parsed = {field: parse[field](text.strip(), name) for field, (name, text) in values.items()}
     if "api_key" not in parsed and "api_secret" not in parsed:
         # On LiveKit's public dev key anyone could forge webhooks: loopback, unless SERVER_HOST says otherwise.
-        parsed.update(api_key=DEV_API_KEY, api_secret=DEV_API_SECRET, dev_mode=True, host=parsed.get("host", "127.0.0.1"))
+        parsed.update(api_key=DEV_API_KEY, api_secret=DEV_API_SECRET, dev_mode=True)
+        parsed.setdefault("host", "127.0.0.1")
     for present, missing in (("api_key", "api_secret"), ("api_secret", "api_key")):
         if present in parsed and missing not in parsed:
             raise SettingsError(f"{SETTING_NAMES[present]} is set but {SETTING_NAMES[missing]} is not")
@@ -205,14 +191,12 @@ def load_settings(environ: Mapping[str, str], config_path: Optional[str] = None)
 
 def _line_of(text: str, section: str, key: Optional[str]) -> object:
     """The line of `key` in `section` of a config file's text (of the section's header for None), or "?"."""
-    current = None
-    for number, line in enumerate(text.splitlines(), 1):
-        if re.match(r"\s*\[", line):
-            current = line.strip()[1:].partition("]")[0].strip()
-        if current == section and (key is None and line.strip().startswith("[")
-                                   or key is not None and re.match(rf"\s*{re.escape(key)}\s*[=:]", line, re.I)):
-            return number
-    return "?"
+    lines = [line.strip().lower() for line in text.splitlines()]
+    header = re.compile(rf"\[\s*{re.escape(section.lower())}\s*\]")
+    start = next((n for n, line in enumerate(lines) if header.fullmatch(line)), 0)
+    wanted = re.compile(rf"{re.escape(key or '')}\s*[=:]")
+    found = next((n for n in range(start, len(lines)) if key is None or wanted.match(lines[n])), None)
+    return "?" if found is None else found + 1
 
 
 def _read_config(path: str) -> dict:
@@ -231,8 +215,8 @@ def _read_config(path: str) -> dict:
                    "DuplicateSectionError": f"[{getattr(err, 'section', '')}] appears twice",
                    "MissingSectionHeaderError": "a setting comes before any [section]"}
         line = getattr(err, "lineno", None) or err.errors[0][0]
-        raise SettingsError(f"{path}, line {line}: "
-                            f"{problem.get(type(err).__name__, 'a line is neither [section] nor key = value')}") from None
+        what = problem.get(type(err).__name__, "a line is neither [section] nor key = value")
+        raise SettingsError(f"{path}, line {line}: {what}") from None
     if parser.defaults():
         raise SettingsError(f"{path}: [DEFAULT] is not read; put {', '.join(parser.defaults())} in its own section")
     known = {(section, key): field for field, (section, key, _) in SETTING_SOURCES.items()}
@@ -289,8 +273,7 @@ class App:
     def __init__(self, settings: Settings, on_event: Optional[Callable], clock: Callable[[], float]) -> None:
         self.settings, self.policy = settings, TokenPolicy(settings, clock)
         self.delivery = WebhookDelivery(settings, on_event, clock)
-        keys = dict(settings.webhook_keys) or {settings.api_key: settings.api_secret}
-        self.receiver = WebhookReceiver(TokenVerifier(keys=keys, clock=clock))
+        self.receiver = WebhookReceiver(TokenVerifier(settings.api_key, settings.api_secret, clock=clock))
         # Built once, never changed per request (starlette #511). No credentials are ever
         # allowed, so "*" is safe and needs no Vary (starlette #1113).
         self.headers = [("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")]
@@ -341,8 +324,9 @@ class App:
         return self.token(environ) if path == "/token" else self.webhook(environ)
 
     def token(self, environ: dict) -> tuple:
-        """POST /token, in the shape the fields tell: 201 {server_url, participant_token} for LiveKit's
-        standard endpoint (any of its snake_case fields), else the OpenVidu shape, 200 {token}."""
+        """POST /token, in the shape the fields tell (any of LiveKit's snake_case fields: its standard one)."""
+        # LiveKit's standard endpoint answers 201 {server_url, participant_token}; the OpenVidu
+        # tutorials' shape, any other object ({} included), 200 {token}.
         self.policy.admit(environ)  # rate limit and bearer secret, before the body is read
         request = read_json(environ, MAX_TOKEN_BODY_BYTES)
         if not STANDARD_FIELDS.intersection(request):
@@ -371,20 +355,23 @@ class App:
         try:
             # The token first: a caller without LiveKit's signature never gets its body read.
             claims = self.receiver.authorize(environ["HTTP_AUTHORIZATION"])
-            event = self.receiver.read_event(read_body(environ, MAX_WEBHOOK_BODY_BYTES), claims)
+            event = WebhookEvent(self.receiver.read_event(read_body(environ, MAX_WEBHOOK_BODY_BYTES), claims))
+            # What delivery reads, read now: a field of the wrong type is a 400, not a 500 later.
+            room = event.room.name or event.egress_info.room_name or event.ingress_info.room_name
+            fields = {"event": event.event, "id": event.id, "room": room, "participant": event.participant.identity}
         except MalformedWebhook as err:
             raise HTTPError(400, str(err)) from None
         except LiveKitAuthError as err:  # fixed messages, never holding the token or the secret
             raise HTTPError(401, str(err)) from None
-        self.delivery.take(event)
+        self.delivery.take(event, fields)
         return 200, {"status": "ok"}, []
 
 
 def make_app(settings: Settings, *, on_event: Optional[Callable[[WebhookEvent], None]] = None,
              clock: Callable[[], float] = time.time) -> App:
-    """The WSGI application for `settings`; `clock` gives Unix seconds (tokens, verification, limits).
-    on_event(event: livekit_auth.WebhookEvent) runs for each verified, new webhook event before the
-    200; if it raises, LiveKit is answered 500 and retries."""
+    """The WSGI application for `settings`; on_event(event) gets each new verified webhook event."""
+    # on_event gets a livekit_auth.WebhookEvent, before the 200: if it raises, LiveKit is
+    # answered 500 and retries. `clock` gives Unix seconds (tokens, verification, limits).
     return App(settings, on_event, clock)
 
 
@@ -401,8 +388,6 @@ _NOT_IN_IDENTIFIERS = frozenset(("Cc", "Cf", "Zl", "Zp", "Co", "Cs"))
 # embeddings, overrides and isolates that reorder what others see do not.
 _NOT_IN_DISPLAY_NAMES = frozenset(("Cc", "Zl", "Zp", "Cs"))
 _BIDI_CONTROLS = frozenset(map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
-# No "/" or "\\", no "." or ".." (LiveKit puts room names into recording paths), no look-alikes.
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_:@-]([A-Za-z0-9 _.:@-]*[A-Za-z0-9_:@-])?")
 
 
 def _has_refused_character(text: str, identifier: bool) -> bool:
@@ -415,11 +400,7 @@ def _has_refused_character(text: str, identifier: bool) -> bool:
 
 
 def _ip_address(text: str):
-    """The IP address in `text` (also "[v6]", "v4:port", "[v6]:port", as proxies write them), or None."""
-    if text.startswith("["):
-        text = text[1:].partition("]")[0]
-    elif text.count(":") == 1:
-        text = text.partition(":")[0]
+    """The IP address `text` holds, or None."""
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
@@ -438,22 +419,24 @@ class TokenPolicy:
         self.auth_digests = [hashlib.sha256(secret.encode("utf-8")).digest() for secret in settings.auth_secrets]
         self.buckets: collections.OrderedDict = collections.OrderedDict()  # client -> (tokens, time)
         self.buckets_lock = threading.Lock()  # guards buckets; taken by each /token request's thread
-        # The grants every token carries, room aside. Flags are left out unless granted,
-        # so default tokens match the tutorials' byte for byte.
-        self.grants = dict(
-            room_join=True, can_publish=settings.can_publish, can_subscribe=settings.can_subscribe,
-            can_publish_data=settings.can_publish_data, can_publish_sources=tuple(sorted(settings.can_publish_sources)) or None,
-            can_update_own_metadata=settings.can_update_own_metadata or None, hidden=settings.hidden or None)
+        # The grants every token carries, room aside (left out unset, as in the tutorials' tokens).
+        self.grants = dict(room_join=True, can_publish=settings.can_publish, can_subscribe=settings.can_subscribe,
+                           can_publish_data=settings.can_publish_data,
+                           can_publish_sources=tuple(sorted(settings.can_publish_sources)) or None)
 
     def admit(self, environ: dict) -> None:
         """429 past the client's rate, then 401 without a valid bearer secret (when secrets are set)."""
-        if self.settings.rate_per_minute and (wait := self.rate_limit_wait(_rate_key(environ.get("REMOTE_ADDR", "")), self.clock())):
-            raise HTTPError(429, "Too many token requests; try again later", (("Retry-After", str(math.ceil(wait))),))
+        if self.settings.rate_per_minute:
+            wait = self.rate_limit_wait(_rate_key(environ.get("REMOTE_ADDR", "")), self.clock())
+            if wait:
+                retry_after = (("Retry-After", str(math.ceil(wait))),)
+                raise HTTPError(429, "Too many token requests; try again later", retry_after)
         scheme, _, credentials = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
         # WSGI hands header bytes over as latin-1 text: this gives back the bytes sent.
         digest = hashlib.sha256(credentials.strip().encode("latin-1", "replace")).digest()
         # Every secret is compared, so the time taken does not tell which one matched.
-        if self.auth_digests and not (scheme.lower() == "bearer" and any([hmac.compare_digest(digest, d) for d in self.auth_digests])):
+        matches = [hmac.compare_digest(digest, accepted) for accepted in self.auth_digests]
+        if self.auth_digests and not (scheme.lower() == "bearer" and any(matches)):
             raise HTTPError(401, "A valid bearer token is required", (("WWW-Authenticate", 'Bearer realm="token"'),))
 
     def rate_limit_wait(self, client: str, now: float) -> float:
@@ -479,8 +462,7 @@ class TokenPolicy:
         return address
 
     def token(self, request: dict, room_field: str, identity_field: str) -> str:
-        """A signed token for request[identity_field] to join request[room_field], within the policy.
-        HTTPError 403 for a room or a client-set field not allowed, 400 for a name refused."""
+        """A token for request[identity_field] in request[room_field]; HTTPError 403 or 400 if refused."""
         for field in OPTIONAL_CLIENT_FIELDS:
             if field in request and field not in self.settings.client_fields:
                 raise HTTPError(403, f"{field} may not be set by clients on this server")
@@ -513,15 +495,12 @@ class TokenPolicy:
         return token.to_jwt(now=self.clock())
 
     def check_name(self, value: str, field: str, identifier: bool) -> None:
-        """Length and refused characters for every name; TOKEN_SAFE_NAMES for room names and identities."""
-        if len(value) > self.settings.max_name_length:
-            raise HTTPError(400, f"{field} must be at most {self.settings.max_name_length} characters")
+        """At most MAX_NAME_LENGTH characters, none of those refused for its kind of name."""
+        if len(value) > MAX_NAME_LENGTH:
+            raise HTTPError(400, f"{field} must be at most {MAX_NAME_LENGTH} characters")
         if _has_refused_character(value, identifier):
             kind = "invisible or private-use" if identifier else "separator or bidi-override"
             raise HTTPError(400, f"{field} must not contain control, {kind} characters")
-        if identifier and self.settings.safe_names and not _SAFE_NAME.fullmatch(value):
-            raise HTTPError(400, f"{field} may hold only ASCII letters, digits, spaces and -_.:@ "
-                                 "(but no space or dot first or last)")
 
 
 def _rate_key(address: str) -> str:
@@ -544,55 +523,43 @@ class WebhookDelivery:
     # answered 200 and not taken again; one event per room at a time.
 
     MAX_IDS = 100_000  # event ids remembered; the oldest go first
+    ROOM_LOCKS = 64
 
     def __init__(self, settings: Settings, on_event: Optional[Callable], clock: Callable[[], float]) -> None:
-        self.window, self.event_file, self.on_event, self.clock = settings.dedupe_seconds, settings.event_file, on_event, clock
+        self.event_file, self.on_event, self.clock = settings.event_file, on_event, clock
+        self.window = settings.dedupe_seconds
         self.taken: collections.OrderedDict = collections.OrderedDict()  # event id -> when taken
         self.taken_lock = threading.Lock()  # guards taken
-        self.rooms: dict = {}  # room -> [its lock, threads holding or waiting for it]
-        self.rooms_lock = threading.Lock()  # guards rooms (not the per-room locks in it)
+        # A room's events are taken under the lock its name hashes to: one at a time, in order.
+        # Two rooms may share a lock and wait for each other; memory stays fixed.
+        self.room_locks = [threading.Lock() for _ in range(self.ROOM_LOCKS)]
         self.file_lock = threading.Lock()  # one writer at a time keeps each line whole
 
-    def take(self, event: dict) -> None:
-        """Log, store and hand over a verified event once. HTTPError 503 (file) or 500 (handler)."""
-        event_id = event.get("id", "")
-        with self.room_turn(_event_room(event)):
+    def take(self, event: WebhookEvent, fields: dict) -> None:
+        """Log, store and hand over a verified event once; HTTPError 503 (event file) or 500 (handler)."""
+        # `fields`: the event's name, id, room and participant, read by the caller.
+        event_id = fields["id"]
+        with self.room_locks[hash(fields["room"]) % self.ROOM_LOCKS]:
             with self.taken_lock:
                 if event_id and self.taken.get(event_id, -math.inf) > self.clock() - self.window:
                     log.info("webhook duplicate", extra={"fields": {"id": event_id}})
                     return
-            fields = {"event": event["event"], "id": event_id, "room": event.get("room", {}).get("name"),
-                      "participant": event.get("participant", {}).get("identity")}
-            log.info("webhook event", extra={"fields": {k: v if type(v) is str else "" for k, v in fields.items()}})
+            log.info("webhook event", extra={"fields": fields})
             if self.event_file:
-                self.store(event)
+                self.store(event.to_dict())
             if self.on_event is not None:
                 try:
-                    self.on_event(WebhookEvent(event))
+                    self.on_event(event)
                 except Exception:  # your code: the message and traceback are yours to read
                     log.exception("webhook handler failed", extra={"fields": {"id": event_id}})
                     raise HTTPError(500, "Webhook handler failed") from None
-            now = self.clock()
             with self.taken_lock:
-                self.taken[event_id] = now
+                self.taken[event_id] = now = self.clock()
                 self.taken.move_to_end(event_id)
-                while self.taken and (len(self.taken) > self.MAX_IDS or next(iter(self.taken.values())) <= now - self.window):
+                # The oldest first: those past the window, and beyond MAX_IDS.
+                expired = now - self.window
+                while len(self.taken) > self.MAX_IDS or self.taken and next(iter(self.taken.values())) <= expired:
                     self.taken.popitem(last=False)
-
-    @contextlib.contextmanager
-    def room_turn(self, room: str):
-        """Hold `room`'s lock; it exists only while some thread holds or waits for it."""
-        with self.rooms_lock:
-            entry = self.rooms.setdefault(room, [threading.Lock(), 0])
-            entry[1] += 1
-        try:
-            with entry[0]:
-                yield
-        finally:
-            with self.rooms_lock:
-                entry[1] -= 1
-                if not entry[1]:
-                    del self.rooms[room]
 
     def store(self, event: dict) -> None:
         """Append the event as one JSON line, on disk (fsync) before the 200; 503 if that fails."""
@@ -607,14 +574,6 @@ class WebhookDelivery:
         except OSError as err:
             log.error("cannot write the event file", extra={"fields": {"error": err.strerror}})
             raise HTTPError(503, "Could not store the event") from None
-
-
-def _event_room(event: dict) -> str:
-    """The room an event belongs to, for per-room order ("" when none)."""
-    for field, name in (("room", "name"), ("egressInfo", "roomName"), ("ingressInfo", "roomName")):
-        if type(event.get(field, {}).get(name)) is str:
-            return event[field][name]
-    return ""
 
 
 # --------------------------------------------------------------------------
@@ -641,9 +600,8 @@ def _event_room(event: dict) -> str:
 # `draining`, and the fields marked (lock) in _Connection.
 
 MAX_HEAD_BYTES = 16 * 1024
-MAX_HEADERS = 99  # http.client reads at most 100 lines, the blank one ending the head included
-# A connection silent this long since it connected may be closed to make room: a
-# client sends its request as soon as it has connected.
+# A connection waiting this long for a request may be closed to make room: a client
+# sends its request as soon as it has connected, and its next one soon after an answer.
 MAKE_ROOM_AFTER = 0.1
 # An unread body up to MAX_SKIP_BYTES is read past, so the connection carries the next
 # request. After an answer with more left unread, what the client still sends is
@@ -657,7 +615,12 @@ _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # in a field value, RFC 911
 _LOGGED_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
 
 
-class _Connection(io.RawIOBase):
+class _RawReader(io.RawIOBase):
+    def readable(self) -> bool:  # what BufferedReader asks of a raw stream, besides readinto()
+        return True
+
+
+class _Connection(_RawReader):
     """A client connection: the raw stream under its handler's BufferedReader, and its state."""
 
     # Every recv ends by `deadline`, so a slow client cannot stretch a request. While the
@@ -669,13 +632,9 @@ class _Connection(io.RawIOBase):
         self.sock, self.server = sock, server
         self.over_limit = over_limit  # (lock) accepted past max_connections: its request gets a 503
         self.idle_since: Optional[float] = None  # (lock)
-        self.answered = False  # (lock) idle after an answer: kept alive
         # The connection's own thread only: whether it waits for a request, the deadline of
         # that wait or of the request, and whether a request went unread (linger at close).
         self.waiting, self.deadline, self.unread = False, math.inf, False
-
-    def readable(self) -> bool:
-        return True
 
     def readinto(self, buffer) -> int:
         if self.waiting:
@@ -699,30 +658,23 @@ class _Connection(io.RawIOBase):
                     self.idle_since = None
 
 
-class _Body:
-    """wsgi.input: the body, never past Content-Length. A `100 Continue` the client asked
-    for goes out at the first read, so an app that answers unread (413) sends none."""
+class _Body(_RawReader):
+    """wsgi.input, in a BufferedReader: the body, never past Content-Length."""
+
+    # A `100 Continue` the client asked for goes out at the first read, so an app that
+    # answers without reading (413) sends none.
 
     def __init__(self, rfile, length: int, wfile=None) -> None:
+        super().__init__()
         self.rfile, self.remaining, self.continue_to = rfile, length, wfile
 
-    def read(self, size: Optional[int] = -1, line: bool = False) -> bytes:
-        size = self.remaining if size is None or size < 0 else min(size, self.remaining)
-        if size and self.continue_to is not None:
+    def readinto(self, buffer) -> int:
+        if self.remaining and self.continue_to is not None:
             self.continue_to.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.continue_to = None
-        data = (self.rfile.readline if line else self.rfile.read)(size) if size else b""
-        self.remaining -= len(data)
-        return data
-
-    def readline(self, size: Optional[int] = -1) -> bytes:
-        return self.read(size, line=True)
-
-    def readlines(self, hint: int = -1) -> list:
-        return list(self)
-
-    def __iter__(self):
-        return iter(self.readline, b"")
+        data = self.rfile.read1(min(len(buffer), self.remaining)) if self.remaining else b""
+        buffer[: len(data)], self.remaining = data, self.remaining - len(data)
+        return len(data)
 
 
 class _StrictHandler:
@@ -747,22 +699,21 @@ class _StrictHandler:
             self.connection.setsockopt(socket.SOL_SOCKET, option, timeval)
 
     def handle(self) -> None:
+        """Requests, while the connection is kept alive and the next one's first byte comes in time."""
         self.close_connection = False
-        while not self.close_connection and self.wait_for_request():
+        while not self.close_connection:
+            self.conn.deadline, self.conn.waiting = time.monotonic() + self.server.idle_timeout, True
+            try:
+                # RFC 9112 §2.2: empty lines before a request are ignored (some clients send CRLF after a body).
+                while self.rfile.peek(1)[:1] in (b"\r", b"\n"):
+                    self.rfile.read(1)
+                if not self.rfile.peek(1):
+                    return  # closed by the client, or to make room
+            except OSError:  # silent too long, or reset
+                return
+            finally:
+                self.conn.waiting = False
             self.handle_one_request()
-
-    def wait_for_request(self) -> bool:
-        """Wait up to the idle timeout for a request's first byte. False: close quietly."""
-        self.conn.deadline, self.conn.waiting = time.monotonic() + self.server.idle_timeout, True
-        try:
-            # RFC 9112 §2.2: empty lines before a request are ignored (some clients send CRLF after a body).
-            while self.rfile.peek(1)[:1] in (b"\r", b"\n"):
-                self.rfile.read(1)
-            return self.rfile.peek(1) != b""
-        except OSError:  # silent too long, reset, or closed to make room
-            return False
-        finally:
-            self.conn.waiting = False
 
     def handle_one_request(self) -> None:
         started = time.monotonic()
@@ -774,10 +725,10 @@ class _StrictHandler:
                 if self.conn.over_limit:
                     raise HTTPError(503, "Server is busy; try again", (("Retry-After", "1"),))
                 status = self.run_app(environ)
-            except TimeoutError:  # the head or the body did not arrive by the deadline
-                status = self.refuse(HTTPError(408, "Request timed out"))
-            except HTTPError as refusal:
-                status = self.refuse(refusal)
+            except (TimeoutError, HTTPError) as err:  # TimeoutError: the head or the body came too late
+                refusal = err if isinstance(err, HTTPError) else HTTPError(408, "Request timed out")
+                self.close_connection, status = True, refusal.status
+                self.send(*_json_answer(refusal))
         except OSError:  # the client left or reset
             self.close_connection = True
             return
@@ -808,8 +759,6 @@ class _StrictHandler:
             raise HTTPError(505, "Only HTTP/1.1 and HTTP/1.0 are supported")
         if not (target.startswith(b"/") or target == b"*" and method == b"OPTIONS"):
             raise HTTPError(400, "Request target must be a path")
-        if len(lines) - 2 > MAX_HEADERS:
-            raise HTTPError(431, "Too many header fields")
         for line in lines[1:-1]:
             if not _FIELD_NAME.match(line):  # also a line starting with white space: obs-fold
                 raise HTTPError(400, "Malformed header field")
@@ -835,9 +784,10 @@ class _StrictHandler:
             raise HTTPError(400, "Host header is required")
 
     def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
-        # parse_request() calls this with messages that echo the request: raise instead,
-        # so that every refusal leaves through handle_one_request() as JSON.
-        raise HTTPError(code, "Malformed request")
+        # parse_request() calls this with messages that echo the request: raise instead, so that
+        # every refusal leaves through handle_one_request() as JSON. After read_head()'s checks, only
+        # http.client's limit is left: 100 lines, the blank one ending the head included.
+        raise HTTPError(code, "Too many header fields" if code == 431 else "Malformed request")
 
     def handle_expect_100(self) -> bool:
         return True  # 100 Continue is sent by _Body, once the app reads
@@ -846,13 +796,14 @@ class _StrictHandler:
         """Call the WSGI app on this request and send its answer; the status sent."""
         expects_100 = self.request_version == "HTTP/1.1" and self.headers.get("Expect", "").lower() == "100-continue"
         body = _Body(self.rfile, int(self.headers.get("Content-Length", "0")), self.wfile if expects_100 else None)
+        body_file = io.BufferedReader(body)
         path, _, query = self.path.partition("?")
         # Built from the request alone: never os.environ, where the secrets are.
         environ.update({
             "REQUEST_METHOD": self.command, "SCRIPT_NAME": "", "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
             "QUERY_STRING": query, "SERVER_NAME": self.server.server_name, "SERVER_PORT": str(self.server.server_port),
             "SERVER_PROTOCOL": self.request_version, "REMOTE_ADDR": self.client_address[0], "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http", "wsgi.input": body, "wsgi.errors": sys.stderr, "wsgi.multithread": True,
+            "wsgi.url_scheme": "http", "wsgi.input": body_file, "wsgi.errors": sys.stderr, "wsgi.multithread": True,
             "wsgi.multiprocess": False, "wsgi.run_once": False})
         for name, value in self.headers.items():
             if "_" in name:
@@ -875,30 +826,25 @@ class _StrictHandler:
                     result.close()
             status, headers, *written = response
             chunks = b"".join(written) + chunks
+            if status[:3] not in ("204", "304") and "content-length" not in {name.lower() for name, _ in headers}:
+                headers = [*headers, ("Content-Length", str(len(chunks)))]  # the body is whole: its length is known
         except OSError:
             raise  # the client stalled (408) or left while the app read the body
         except Exception as err:  # the type only: an exception's message may hold what the log must not
             log.error("application error", extra={"fields": {"error": type(err).__name__}})
             status, headers, chunks = _json_answer(HTTPError(500, "Internal server error"))
         if 0 < body.remaining <= MAX_SKIP_BYTES and body.continue_to is None:
-            body.read()  # answered unread (401, 429): skipped, so the connection carries the next request
+            body_file.read()  # answered unread (401, 429): skipped, so the connection carries the next request
         self.conn.unread = body.remaining > 0
         self.close_connection = self.close_connection or self.conn.unread or self.server.draining
         self.send(status, headers, chunks)
         return int(status[:3])
-
-    def refuse(self, refusal: HTTPError) -> int:
-        self.close_connection = True
-        self.send(*_json_answer(refusal))
-        return refusal.status
 
     def send(self, status: str, headers: list, body: bytes) -> None:
         head = [f"HTTP/1.1 {status}", f"Date: {self.date_time_string()}", *(f"{k}: {v}" for k, v in headers)]
         if self.close_connection or self.request_version == "HTTP/1.0":
             head.append("Connection: close" if self.close_connection else "Connection: keep-alive")
         self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)  # one send
-        with self.server.connections_lock:
-            self.conn.answered = True
 
 
 def _json_answer(error: HTTPError) -> tuple:
@@ -941,13 +887,16 @@ class _BoundedServer:
         super().process_request(request, client_address)
 
     def make_room(self) -> bool:
-        """Close the connection idle longest that was closed by its client, kept alive after an
-        answer, or silent for MAKE_ROOM_AFTER since it connected; never one with a request on its way."""
+        """Close the connection idle longest, if its client closed it or it waited MAKE_ROOM_AFTER for a request."""
+        # Never one with a request on its way (idle_since is set only with nothing received).
         # Nor one bound for a 503: closing it would free no place to serve from.
         idle = [c for c in self.connections.values() if c.idle_since is not None and not c.over_limit]
         for conn in sorted(idle, key=lambda conn: conn.idle_since):
-            waiting = _peek(conn.sock)
-            if waiting == b"" or waiting is None and (conn.answered or time.monotonic() - conn.idle_since >= MAKE_ROOM_AFTER):
+            try:  # what waits on the socket, left there: b"" if the client has closed
+                waiting = conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except OSError as err:  # BlockingIOError: nothing yet; anything else, a reset: as good as closed
+                waiting = None if isinstance(err, BlockingIOError) else b""
+            if waiting == b"" or waiting is None and time.monotonic() - conn.idle_since >= MAKE_ROOM_AFTER:
                 self.close_idle(conn)
                 return True
         return False
@@ -979,8 +928,8 @@ class _BoundedServer:
         log.error("connection error", extra={"fields": {"error": type(sys.exc_info()[1]).__name__}})
 
     def drain(self, grace: float) -> None:
-        """Stop accepting, close idle connections, and wait up to `grace` seconds for requests in flight.
-        From any thread but the acceptor's: socketserver's shutdown() waits for it."""
+        """Stop accepting, close idle connections, and give requests in flight up to `grace` seconds."""
+        # From any thread but the acceptor's: socketserver's shutdown() waits for it.
         with self.connections_lock:
             self.draining = True
             self.room_freed.notify_all()
@@ -992,19 +941,9 @@ class _BoundedServer:
             self.room_freed.wait_for(lambda: not self.connections, timeout=grace)
 
 
-def _peek(sock: socket.socket) -> Optional[bytes]:
-    """The next byte waiting on `sock`, left there; b"" at the end of the stream; None if none waits."""
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return None
-    except OSError:  # reset: as good as closed
-        return b""
-
-
 def make_server(app: Callable, settings: Settings):
-    """A server for any WSGI callable, bound to settings.host and port: serve_forever(), then drain().
-    Raises SettingsError if the host is not an address of this machine, OSError if the port is taken."""
+    """A server for any WSGI callable on settings.host and port; SettingsError for a host not of this machine."""
+    # Then serve_forever(), and drain() from another thread. OSError if the port is taken.
     import http.server
     import socketserver
 
@@ -1029,8 +968,8 @@ def make_server(app: Callable, settings: Settings):
 
 
 def serve(app: Callable, settings: Settings, *, grace: float = 10.0) -> None:
-    """Serve `app`, any WSGI callable, until SIGTERM, SIGINT or SIGHUP, then drain() it and return.
-    From the main thread; a second signal ends the process at once."""
+    """Serve `app`, any WSGI callable, until SIGTERM, SIGINT or SIGHUP, then drain and return."""
+    # From the main thread, which signals reach; a second signal ends the process at once.
     server = make_server(app, settings)
     signals = [getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name)]
     drains: list = []
@@ -1048,7 +987,7 @@ def serve(app: Callable, settings: Settings, *, grace: float = 10.0) -> None:
     drains[0].join()
 
 
-def _drain(server, grace: float, signal_name: str) -> None:  # its own thread: serve_forever() waits for it
+def _drain(server, grace: float, signal_name: str) -> None:  # its own thread: shutdown() waits for serve_forever()
     log.info("stopping: finishing requests in flight", extra={"fields": {"signal": signal_name}})
     server.drain(grace)
     log.info("stopped")
@@ -1075,9 +1014,9 @@ _PLAIN = re.compile(r"[\w.:/@+-]+", re.ASCII)
 
 
 def configure_logging(stream=None) -> None:
-    """Send this server's log lines (logger "livekit_token_server", INFO and up) to `stream`, standard
-    error by default, one logfmt line each. Once: calling it again changes nothing. Lines also reach
-    the root logger's handlers: where those print already, set the level instead of calling this."""
+    """This server's log lines (logger "livekit_token_server", INFO and up) on `stream` or stderr, as logfmt."""
+    # Once: calling it again changes nothing. Lines also reach the root logger's handlers:
+    # where those print already, set the logger's level instead of calling this.
     if not log.handlers:
         handler = logging.StreamHandler(stream or sys.stderr)
         handler.setFormatter(LogfmtFormatter())
@@ -1088,18 +1027,14 @@ def configure_logging(stream=None) -> None:
 def check_startup(settings: Settings) -> None:
     """Warn about what is risky in `settings`; raise SettingsError for what cannot work."""
     loopback = settings.host == "localhost" or getattr(_ip_address(settings.host), "is_loopback", False)
-    reach = "Listening on loopback only; SERVER_HOST=0.0.0.0 opens it to the local network (phones)."
     if settings.dev_mode:
         log.warning("DEVELOPMENT MODE: no LIVEKIT_API_KEY and LIVEKIT_API_SECRET, so tokens are signed with LiveKit's "
-                    "public development key and anyone who can reach this server can forge webhooks. "
-                    f"{reach if loopback else 'Never expose this server.'}")
+                    "public development key and anyone who can reach this server can forge webhooks. " + (
+                        "Listening on loopback only; SERVER_HOST=0.0.0.0 opens it to the local network (phones)."
+                        if loopback else "Never expose this server."))
     if not settings.auth_secrets and not loopback:
         log.warning(f"/token is open: anyone who can reach port {settings.port} can get tokens. "
                     f"{SETTING_NAMES['auth_secrets']} closes it.")
-    for field, values in (("api_secret", [] if settings.dev_mode else [settings.api_secret]),
-                          ("auth_secrets", settings.auth_secrets), ("webhook_keys", dict(settings.webhook_keys).values())):
-        if any(len(secret) < 32 for secret in values):
-            log.warning(f"{SETTING_NAMES[field]} holds a secret shorter than 32 characters: use long random ones")
     if settings.event_file:
         try:
             open(settings.event_file, "ab").close()

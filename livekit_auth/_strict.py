@@ -1,9 +1,8 @@
-"""Strict decoders shared by token and webhook verification, and the compact JSON encoder.
+"""Strict decoders shared by token and webhook verification, and the compact JSON encoder."""
 
-Each decoder raises ValueError with a fixed message; verification turns it into
-the LiveKitAuthError subclass that fits where the input came from. The package
-exports loads_object and dumps_compact; the base64url pair stays private.
-"""
+# Each decoder raises ValueError with a fixed message; verification turns it into
+# the LiveKitAuthError subclass that fits where the input came from. The package
+# exports loads_object and dumps_compact; the base64url pair stays private.
 
 import base64
 import json
@@ -36,15 +35,13 @@ class _Refused(ValueError):
     """A rule of loads_object broken inside the parser; its message is the phrase to raise."""
 
 
-def _reject_constant(name: str) -> None:
-    raise _Refused("has NaN or Infinity")
-
-
 def _finite_float(text: str) -> float:
-    # A number too large for a double, such as 1e400, parses to infinity:
-    # Infinity by another spelling, so it is refused like the literal.
+    # The decoder calls this for the literals NaN, Infinity and -Infinity, and for
+    # every number with a fraction or an exponent. A number too large for a double,
+    # such as 1e400, parses to infinity: Infinity by another spelling, so it is
+    # refused like the literal.
     value = float(text)
-    if math.isinf(value):
+    if not math.isfinite(value):
         raise _Refused("has NaN or Infinity")
     return value
 
@@ -57,7 +54,7 @@ def _object_without_duplicates(pairs: list) -> dict:
 
 
 _DECODER = json.JSONDecoder(
-    object_pairs_hook=_object_without_duplicates, parse_constant=_reject_constant, parse_float=_finite_float
+    object_pairs_hook=_object_without_duplicates, parse_constant=_finite_float, parse_float=_finite_float
 )
 
 # Deeper than any LiveKit message; shallow enough that code walking the result
@@ -66,27 +63,19 @@ MAX_JSON_DEPTH = 64
 
 
 def _deeper_than(value: object, limit: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > limit:
-            return True
-        children = value.values() if type(value) is dict else value
-        stack.extend((child, depth + 1) for child in children if type(child) in (dict, list))
-    return False
+    # `value` is a dict or a list; the recursion goes at most `limit` calls deep.
+    children = value.values() if type(value) is dict else value
+    return limit < 1 or any(_deeper_than(child, limit - 1) for child in children if type(child) in (dict, list))
 
 
 def loads_object(data: bytes) -> dict:
     """Parse UTF-8 JSON text (RFC 8259) whose top level must be an object.
 
-    Raises ValueError whose message is the rule broken: "is not UTF-8" (json.loads
-    would also take UTF-16/32), "is not valid JSON" (also an integer longer than
-    sys.get_int_max_str_digits()), "has a duplicate key", "has NaN or Infinity"
-    (also a number that overflows to it, like 1e400), "has an unpaired surrogate",
-    "is nested too deeply" (past MAX_JSON_DEPTH), "is not a JSON object".
+    Raises ValueError whose message is the rule broken: "is not UTF-8", "is not valid JSON", "has a duplicate key",
+    "has NaN or Infinity", "has an unpaired surrogate", "is nested too deeply", "is not a JSON object".
     """
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8")  # strictly UTF-8: json.loads would also take UTF-16 and UTF-32
     except UnicodeDecodeError:
         raise ValueError("is not UTF-8") from None
     try:
@@ -99,21 +88,19 @@ def loads_object(data: bytes) -> dict:
         raise ValueError("has an unpaired surrogate") from None
     except _Refused as refused:
         raise ValueError(str(refused)) from None
-    except ValueError:  # JSONDecodeError, and int() of too many digits
+    except ValueError:  # JSONDecodeError, and int() of more than sys.get_int_max_str_digits() digits
         raise ValueError("is not valid JSON") from None
     if type(value) is not dict:
         raise ValueError("is not a JSON object")
-    # Counting brackets is cheap and bounds the depth, so most documents skip the walk.
+    # Past MAX_JSON_DEPTH is too deep. Counting brackets is cheap and bounds the
+    # depth, so most documents skip the walk.
     if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
         raise ValueError("is nested too deeply")
     return value
 
 
-# No check for cycles (a cycle ends in RecursionError instead): claims are
-# built from strings and copies made through JSON, which cannot hold one.
-_COMPACT = json.JSONEncoder(separators=(",", ":"), allow_nan=False, check_circular=False)
-
-
 def dumps_compact(value: object) -> str:
     """Serialize as PyJWT does (compact, ASCII), so tokens match the SDK's byte for byte."""
-    return _COMPACT.encode(value)
+    # No check for cycles (a cycle ends in RecursionError instead): claims are
+    # built from strings and copies made through JSON, which cannot hold one.
+    return json.dumps(value, separators=(",", ":"), allow_nan=False, check_circular=False)

@@ -1,9 +1,8 @@
-"""The one exception tree of livekit_auth.
+"""The one exception tree of livekit_auth."""
 
-Every verification failure raises a subclass of LiveKitAuthError. Messages are
-fixed text about the shape of the problem: they never contain the token, the
-secret or any echoed input, so str(error) is safe to put in a response or a log.
-"""
+# Every verification failure raises a subclass of LiveKitAuthError. Messages are
+# fixed text about the shape of the problem: they never contain the token, the
+# secret or any echoed input, so str(error) is safe to put in a response or a log.
 
 
 class LiveKitAuthError(Exception):

@@ -1,16 +1,14 @@
-"""LiveKit access tokens: HS256 JWTs with the claims LiveKit Server reads.
+"""LiveKit access tokens: HS256 JWTs with the claims LiveKit Server reads."""
 
-The names and defaults mirror livekit-api's `livekit.api.access_token`, so code
-moves between the two with an import change. Claims are written in the SDK's
-order and serialization, so for the same input and clock both produce the same
-token, byte for byte.
-"""
+# The names and defaults mirror livekit-api's `livekit.api.access_token`, so code
+# moves between the two with an import change. Claims are written in the SDK's
+# order and serialization, so for the same input and clock both produce the same
+# token, byte for byte.
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import hmac
 import json
 import math
@@ -47,9 +45,9 @@ _TYPES = {
 
 def _check_fields(grants: object) -> None:
     """Check each field's type exactly (True is not a str, 1 is not a bool); None only where Optional."""
-    values = vars(grants)
-    for name, kind, optional in _FIELD_TYPES[type(grants)]:
-        value = values[name]
+    for name, annotation in type(grants).__annotations__.items():  # the dataclass's fields, in order
+        kind, optional = _TYPES[annotation]
+        value = getattr(grants, name)
         if not (value is None and optional) and (
             type(value) is not kind or kind is tuple and not all(type(item) is str for item in value)
         ):
@@ -87,13 +85,8 @@ class VideoGrants:
 
     def to_wire(self) -> dict:
         """The claim as the SDK writes it: camelCase, None and "" left out."""
-        values = vars(self)
-        wire = {}
-        for name, wire_name in VIDEO_WIRE_NAMES.items():
-            value = values[name]
-            if value is not None and value != "":
-                wire[wire_name] = list(value) if type(value) is tuple else value
-        return wire
+        values = {wire: getattr(self, name) for name, wire in VIDEO_WIRE_NAMES.items()}
+        return {wire: list(v) if type(v) is tuple else v for wire, v in values.items() if v is not None and v != ""}
 
     @classmethod
     def from_wire(cls, claim: dict) -> "VideoGrants":
@@ -119,12 +112,6 @@ class SIPGrants:
         return cls(**{name: claim[name] for name in ("admin", "call") if name in claim})
 
 
-_FIELD_TYPES = {
-    cls: tuple((field.name, *_TYPES[field.type]) for field in dataclasses.fields(cls))
-    for cls in (VideoGrants, SIPGrants)
-}
-
-
 def _require_str(value: object, what: str) -> str:
     if type(value) is not str:
         raise ValueError(f"{what} must be a string")
@@ -135,9 +122,8 @@ def _require_str(value: object, what: str) -> str:
 class Claims:
     """What a token says: AccessToken.claims while one is built, and what TokenVerifier.verify returns.
 
-    The SDK's field names; room_config is the JSON object. While building, an
-    unset claim reads as the default here. verify reads absent attributes as
-    {} and sets issuer, not_before, expires_at and payload (every claim as decoded).
+    The SDK's field names; room_config is the JSON object. Unset claims read as these defaults, except that
+    verify reads absent attributes as {}; only verify sets issuer, not_before, expires_at and payload.
     """
 
     identity: str = ""
@@ -153,7 +139,7 @@ class Claims:
     issuer: str = ""
     not_before: Optional[int] = None
     expires_at: Optional[int] = None
-    payload: dict = dataclasses.field(default_factory=dict)
+    payload: dict = dataclasses.field(default_factory=dict)  # every claim, as verify decoded it
 
 
 # Claims fields to_jwt writes before sub, iss, nbf and exp: the SDK's order, and their wire names.
@@ -164,18 +150,16 @@ _PAYLOAD_ORDER = (
 
 
 class AccessToken:
-    """Builds one access token: chain the with_* calls, then call to_jwt().
+    """Builds one access token: chain the with_* calls (each checks its argument's type: ValueError), then to_jwt()."""
 
-    Each with_* call checks its argument's type (ValueError). As in the SDK,
-    `claims` reads what they set, and `ttl` is the lifetime.
-    """
+    # As in the SDK, `claims` reads what the with_* calls set, and `ttl` is the lifetime.
 
     def __init__(self, api_key: str, api_secret: str) -> None:
         # Unlike the SDK, no fallback to environment variables: the caller decides.
         if type(api_key) is not str or type(api_secret) is not str or not api_key or not api_secret:
             raise ValueError("api_key and api_secret must be non-empty strings")
         self.api_key = api_key
-        self._mac = hmac.new(api_secret.encode("utf-8"), digestmod=hashlib.sha256)
+        self._secret = api_secret.encode("utf-8")
         self.ttl = DEFAULT_TTL
         self._claims: dict = {}  # Claims field -> value, as set by the with_* calls
 
@@ -233,11 +217,9 @@ class AccessToken:
         return self._set("room_preset", _require_str(preset, "room preset"))
 
     def with_room_config(self, config: dict) -> "AccessToken":
-        """A RoomConfiguration as a JSON object (agent dispatch lives here), written as given.
-
-        LiveKit Server reads it with protojson, which takes both snake_case and
-        camelCase names; it is not converted, since map keys inside must stay as they are.
-        """
+        """A RoomConfiguration as a JSON object (agent dispatch lives here), written as given."""
+        # LiveKit Server reads it with protojson, which takes both snake_case and
+        # camelCase names; it is not converted, since map keys inside must stay as they are.
         if type(config) is not dict:
             raise ValueError("room config must be a JSON object")
         try:
@@ -247,12 +229,17 @@ class AccessToken:
         except (TypeError, ValueError, RecursionError):
             raise ValueError("room config must hold only JSON values, nested within reason") from None
 
-    def _payload(self, now: float) -> dict:
-        """The JWT payload in the SDK's key order, leaving out unset claims and "" as it does."""
+    def to_jwt(self, *, now: Optional[float] = None) -> str:
+        """Sign the claims with HS256. `now` (Unix seconds) defaults to the system clock.
+
+        Raises ValueError when the grant joins a room without an identity or a room.
+        """
+        now = time.time() if now is None else now
         claims, identity = self._claims, self._claims.get("identity", "")
         video = claims.get("video")
         if video is not None and video.room_join and (not identity or not video.room):
             raise ValueError("identity and room must be set when joining a room")
+        # The payload in the SDK's key order, leaving out unset claims and "" as it does.
         payload = {}
         for field, wire in _PAYLOAD_ORDER:
             value = claims.get(field, "")
@@ -260,15 +247,6 @@ class AccessToken:
                 payload[wire] = value.to_wire() if field in ("video", "sip") else value
         payload.update(sub=identity, iss=self.api_key, nbf=math.floor(now))
         payload["exp"] = math.floor(now + self.ttl.total_seconds())
-        return payload
-
-    def to_jwt(self, *, now: Optional[float] = None) -> str:
-        """Sign the claims with HS256. `now` (Unix seconds) defaults to the system clock.
-
-        Raises ValueError when the grant joins a room without an identity or a room.
-        """
-        payload = dumps_compact(self._payload(time.time() if now is None else now))
-        signing_input = f"{_HEADER_SEGMENT}.{b64url_encode(payload.encode('ascii'))}"
-        mac = self._mac.copy()
-        mac.update(signing_input.encode("ascii"))
-        return f"{signing_input}.{b64url_encode(mac.digest())}"
+        signing_input = f"{_HEADER_SEGMENT}.{b64url_encode(dumps_compact(payload).encode('ascii'))}"
+        signature = hmac.digest(self._secret, signing_input.encode("ascii"), "sha256")
+        return f"{signing_input}.{b64url_encode(signature)}"

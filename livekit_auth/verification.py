@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import hmac
 import time
 from typing import Callable, Mapping, Optional
@@ -32,9 +31,7 @@ def _numeric_date(payload: dict, name: str) -> Optional[int]:
     # RFC 7519 §2 allows fractions, but every LiveKit minter writes whole
     # seconds, and PyJWT truncates: an integer is the one unambiguous form.
     value = payload.get(name)
-    if value is None and name not in payload:
-        return None
-    if type(value) is not int:
+    if type(value) is not int and name in payload:
         raise MalformedToken(f"{name} claim must be an integer")
     return value
 
@@ -72,20 +69,18 @@ class TokenVerifier:
         for key, secret in pairs.items():
             if type(key) is not str or type(secret) is not str or not key or not secret:
                 raise ValueError("api_key and api_secret must be non-empty strings")
-        self._macs = {key: hmac.new(secret.encode("utf-8"), digestmod=hashlib.sha256) for key, secret in pairs.items()}
+        self._secrets = {key: secret.encode("utf-8") for key, secret in pairs.items()}
         self._leeway = leeway.total_seconds()
         self._clock = clock
 
     def verify(self, token: str, *, now: Optional[float] = None) -> Claims:
         """Verify an access token and return its claims.
 
-        Checked, in this order: three canonical base64url segments; the HS256
-        MAC over the exact bytes received, in constant time, before any JSON is
-        read; the header is a JSON object with alg exactly "HS256" and no crit
-        or b64 and a string kid if any; the payload is a JSON object; iss is
-        the key whose secret matched; exp is present, an integer and not past
-        (with leeway); nbf and iat, when present, integers and not in the
-        future (with leeway); no aud; LiveKit's claims have their types.
+        Checked, in this order: three canonical base64url segments; the HS256 MAC over the exact bytes received,
+        in constant time, before any JSON is read; the header is a JSON object with alg exactly "HS256" and no
+        crit or b64 and a string kid if any; the payload is a JSON object; iss is the key whose secret matched;
+        exp is present, an integer and not past (with leeway); nbf and iat, when present, integers and not in
+        the future (with leeway); no aud; LiveKit's claims have their types.
 
         Raises a LiveKitAuthError subclass, and nothing else, for any input.
         """
@@ -96,18 +91,12 @@ class TokenVerifier:
         segments = token.split(".")
         if len(segments) != 3:
             raise MalformedToken("token must have three dot-separated segments")
-        header_raw = _decode_segment(segments[0], "header")
-        payload_raw = _decode_segment(segments[1], "payload")
-        signature = _decode_segment(segments[2], "signature")
+        header_raw, payload_raw, signature = map(_decode_segment, segments, ("header", "payload", "signature"))
 
         # Segments are canonical base64url, hence ASCII: this is the exact input that was signed.
         signing_input = token[: len(segments[0]) + 1 + len(segments[1])].encode("ascii")
-        signed_by = []
-        for key, mac in self._macs.items():
-            candidate = mac.copy()
-            candidate.update(signing_input)
-            if hmac.compare_digest(candidate.digest(), signature):
-                signed_by.append(key)
+        signed_by = [key for key, secret in self._secrets.items()
+                     if hmac.compare_digest(hmac.digest(secret, signing_input, "sha256"), signature)]
         if not signed_by:
             raise BadSignature("token signature does not match")
 
@@ -152,14 +141,14 @@ class TokenVerifier:
         room_config = payload.get("roomConfig")
         if room_config is not None and type(room_config) is not dict:
             raise MalformedToken("roomConfig claim must be an object")
-        # Grant claims are objects, as the SDK requires.
+        # Grant claims are objects, as the SDK requires; so video and sip, when present, are dicts here.
         for name in _GRANT_CLAIMS:
             value = payload.get(name, {})
             if type(value) is not dict and not (value is None and name in _NULLABLE_GRANT_CLAIMS):
                 raise MalformedToken(f"{name} claim must be an object")
         try:
-            video = _grants(payload, "video", VideoGrants)
-            sip = _grants(payload, "sip", SIPGrants)
+            video = VideoGrants.from_wire(payload["video"]) if "video" in payload else None
+            sip = SIPGrants.from_wire(payload["sip"]) if "sip" in payload else None
         except ValueError:
             raise MalformedToken("token grants have a field of the wrong type") from None
 
@@ -169,8 +158,3 @@ class TokenVerifier:
             sha256=payload.get("sha256", ""), room_preset=payload.get("roomPreset", ""), room_config=room_config,
             issuer=issuer, not_before=not_before, expires_at=expires_at, payload=payload,
         )
-
-
-def _grants(payload: dict, name: str, cls: type):
-    claim = payload.get(name)
-    return None if claim is None else cls.from_wire(claim)

@@ -1,11 +1,10 @@
-"""Verifying LiveKit webhook requests, and reading their events.
+"""Verifying LiveKit webhook requests, and reading their events."""
 
-LiveKit Server POSTs the event as JSON (Content-Type application/webhook+json)
-and puts a JWT in Authorization whose sha256 claim is the standard, padded
-base64 of SHA-256 over the exact body bytes. The body is protobuf-JSON (int64
-as strings, spacing LiveKit chooses), so it is hashed as received, never
-re-serialized, and read field by field as protobuf would read it.
-"""
+# LiveKit Server POSTs the event as JSON (Content-Type application/webhook+json)
+# and puts a JWT in Authorization whose sha256 claim is the standard, padded
+# base64 of SHA-256 over the exact body bytes. The body is protobuf-JSON (int64
+# as strings, spacing LiveKit chooses), so it is hashed as received, never
+# re-serialized, and read field by field as protobuf would read it.
 
 from __future__ import annotations
 
@@ -65,45 +64,36 @@ def _field(name: str, default: object) -> property:
     return property(read)
 
 
-def _message(name: str, strings: str = "", ints: str = "", bools: str = "", **others: object) -> type:
-    """A _Message class with these fields: strings, integers and bools by name, others with their defaults."""
-    fields = {**dict.fromkeys(strings.split(), ""), **dict.fromkeys(ints.split(), 0)}
-    fields.update(dict.fromkeys(bools.split(), False), **others)
+def _message(name: str, strings: str = "", ints: str = "", **others: object) -> type:
+    """A _Message class with these fields: strings and integers by name, others with their defaults."""
+    fields = {**dict.fromkeys(strings.split(), ""), **dict.fromkeys(ints.split(), 0), **others}
     return type(name, (_Message,), {attr: _field(attr, default) for attr, default in fields.items()})
 
 
-# The common fields of livekit-api 1.2's messages (livekit_webhook.proto, livekit_models.proto,
-# livekit_egress.proto, livekit_ingress.proto, livekit_agent.proto). An enum reads as its name;
-# its default is the name of its value 0. tests/test_parity.py checks each field against the SDK.
-_Room = _message("Room", "sid name metadata", "empty_timeout departure_timeout max_participants creation_time "
-                 "creation_time_ms num_participants num_publishers", "active_recording")
-_ParticipantInfo = _message("ParticipantInfo", "sid identity name metadata region", "joined_at joined_at_ms version",
-                            "is_publisher", state="JOINING", kind="STANDARD", disconnect_reason="UNKNOWN_REASON",
-                            attributes=dict)
-_TrackInfo = _message("TrackInfo", "sid name mime_type mid stream", "width height",
-                      "muted simulcast disable_dtx stereo disable_red", type="AUDIO", source="UNKNOWN")
-_EgressInfo = _message("EgressInfo", "egress_id room_id room_name error details manifest_location",
-                       "started_at ended_at updated_at error_code", status="EGRESS_STARTING")
-_IngressState = _message("IngressState", "error room_id", "started_at ended_at", status="ENDPOINT_INACTIVE")
+# The fields handlers read most, of livekit-api 1.2's messages (livekit_webhook.proto, livekit_models.proto,
+# livekit_egress.proto, livekit_ingress.proto, livekit_agent.proto). An enum reads as its name; its default
+# is the name of its value 0. tests/test_parity.py checks each field against the SDK.
+_Room = _message("Room", "sid name metadata", "num_participants creation_time empty_timeout max_participants")
+_ParticipantInfo = _message("ParticipantInfo", "sid identity name metadata", "joined_at", state="JOINING",
+                            kind="STANDARD", attributes=dict)
+_TrackInfo = _message("TrackInfo", "sid name mime_type", "width height", muted=False, type="AUDIO", source="UNKNOWN")
+_EgressInfo = _message("EgressInfo", "egress_id room_id room_name error", "started_at ended_at",
+                       status="EGRESS_STARTING")
 _IngressInfo = _message("IngressInfo", "ingress_id name stream_key url room_name participant_identity "
-                        "participant_name", bools="reusable enabled", input_type="RTMP_INPUT", state=_IngressState)
-_Job = _message("Job", "id dispatch_id agent_name metadata namespace", type="JT_ROOM", room=_Room,
-                participant=_ParticipantInfo)
-_EVENT = _message("WebhookEvent", "event id", "created_at num_dropped", room_end_reason="ROOM_END_UNKNOWN", room=_Room,
-                  participant=_ParticipantInfo, track=_TrackInfo, egress_info=_EgressInfo,
-                  ingress_info=_IngressInfo, job=_Job)
+                        "participant_name", input_type="RTMP_INPUT",
+                        state=_message("IngressState", status="ENDPOINT_INACTIVE"))
+_EVENT = _message("WebhookEvent", "event id", "created_at num_dropped", room=_Room, participant=_ParticipantInfo,
+                  track=_TrackInfo, egress_info=_EgressInfo, ingress_info=_IngressInfo,
+                  job=_message("Job", "id agent_name", type="JT_ROOM"))
 
 
 class WebhookEvent(_EVENT):
     """A webhook event read by attribute, with the SDK's snake_case names: event.room.name, event.created_at.
 
-    WebhookEvent(data) reads a parsed event (read_event's dict, or a stored
-    to_dict()); to_dict() gives that dict back. As in protobuf, a field or
-    message the event lacks reads as its default ("", 0, False, {}, an empty
-    message); integers written as strings (int64) read as int; an enum reads as
-    its name ("VIDEO"), where the SDK gives its number. The attributes are the
-    common fields in the tables above; to_dict() has all. Reading a field whose
-    value has the wrong type raises MalformedWebhook.
+    WebhookEvent(data) reads a parsed event (read_event's dict, or a stored to_dict()); to_dict() gives it back.
+    As in protobuf, absent fields and messages read as their defaults ("", 0, False, {}, an empty message) and
+    int64 strings as int; an enum reads as its name ("VIDEO") where the SDK gives its number. Only the fields in
+    the tables above are attributes (to_dict() has all); a value of the wrong type raises MalformedWebhook.
     """
 
 
@@ -114,20 +104,16 @@ class WebhookReceiver:
         self._verifier = verifier
 
     def receive(self, body: Union[bytes, str], auth_token: str, *, now: Optional[float] = None) -> WebhookEvent:
-        """Verify a webhook request and return its event: authorize(auth_token), read_event(), WebhookEvent.
-
-        Raises a LiveKitAuthError subclass, and nothing else, for any input.
-        """
+        """Verify a webhook request and return its event; for any input, raises only LiveKitAuthError subclasses."""
+        # The steps are the public ones: authorize(auth_token), read_event(), WebhookEvent.
         return WebhookEvent(self.read_event(body, self.authorize(auth_token, now=now)))
 
     def authorize(self, authorization: str, *, now: Optional[float] = None) -> Claims:
         """Verify a webhook's Authorization header alone, so a server can refuse before reading the body.
 
-        `authorization` is the bare JWT LiveKit sends, or the same with a
-        "Bearer " prefix (which the SDK refuses). The token must verify (see
-        TokenVerifier.verify) and carry a sha256 claim in padded standard
-        base64; a token without one is never a webhook, or any access token
-        would pass.
+        `authorization` is the bare JWT LiveKit sends, or the same with a "Bearer " prefix (which the SDK
+        refuses). The token must verify (see TokenVerifier.verify) and carry a sha256 claim in padded standard
+        base64; a token without one is never a webhook, or any access token would pass.
         """
         if type(authorization) is not str or not authorization:
             raise MalformedToken("Authorization is missing")
@@ -140,11 +126,8 @@ class WebhookReceiver:
     def read_event(self, body: Union[bytes, str], claims: Claims) -> dict:
         """The event in `body`, whose SHA-256 must be the sha256 of `claims` (from authorize()).
 
-        The event must be a JSON object with a non-empty string "event", a
-        string "id" if any, and objects for the message fields handlers read
-        first (room, participant, track, egressInfo, ingressInfo, job). Deeper
-        structure is LiveKit's protobuf schema, which grows with each release,
-        and is not checked: the signature already proves who sent it.
+        The event must be a JSON object with a non-empty string "event", a string "id" if any, and objects for
+        the message fields handlers read first (room, participant, track, egressInfo, ingressInfo, job).
         """
         if type(body) is str:
             try:
@@ -162,6 +145,8 @@ class WebhookReceiver:
             raise MalformedWebhook("body is not a JSON object") from None
         if type(event.get("event")) is not str or not event["event"]:
             raise MalformedWebhook('body has no "event" string')
+        # Deeper structure is LiveKit's protobuf schema, which grows with each
+        # release, and is not checked: the signature already proves who sent it.
         if type(event.get("id", "")) is not str or any(
             type(event[name]) is not dict for name in _EVENT_OBJECTS if name in event
         ):

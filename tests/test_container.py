@@ -6,7 +6,9 @@ compile step runs there, and its CMD runs there with its ENV and configuration
 from the environment alone,
 as `docker run -e ...` would. Over real loopback sockets: /healthz, /token,
 a signed /webhook; the HEALTHCHECK command exits 0 against it and 1 once it
-has stopped; SIGTERM (`docker stop`) exits 0.
+has stopped; SIGTERM (`docker stop`) exits 0. Run without credentials, it
+exits 2 naming the missing one: the image never becomes a development-mode
+server (LiveKit's public dev key) listening on 0.0.0.0.
 
 Not checked here: that the base image exists and builds (no Docker engine on
 the test machine), nor the USER's permissions inside it.
@@ -29,6 +31,9 @@ import livekit_auth
 import server
 from helpers import webhook_authorization
 from support_http import TIMEOUT, LoggedProcess, http_request
+
+# server.py's line once it listens (logfmt, SERVER_HOST=127.0.0.1, SERVER_PORT=0).
+LISTENING = re.compile(r"msg=listening host=127\.0\.0\.1 port=([0-9]+)")
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "containerkey"
@@ -84,11 +89,11 @@ def copied_paths() -> list:
 
 
 def image_env() -> dict:
-    """ENV's variables (the KEY=VALUE form, several a line)."""
+    """ENV's variables (the KEY=VALUE form, several a line; quotes as a shell reads them, as Docker does)."""
     env = {}
     for name, arguments in DOCKERFILE:
         if name == "ENV":
-            for pair in arguments.split():
+            for pair in shlex.split(arguments):
                 key, equals, value = pair.partition("=")
                 assert equals, f"ENV must use KEY=VALUE: {arguments}"
                 env[key] = value
@@ -139,12 +144,18 @@ def test_the_image_runs_as_a_non_root_user():
 def test_the_image_is_configured_by_the_environment_and_listens_on_the_default_port():
     base = only("FROM")
     assert re.fullmatch(r"python:3\.[0-9]+(\.[0-9]+)?-slim\S*", base), base
-    assert image_env() == {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
-    defaults = server.load_settings({})
-    # Nothing sets SERVER_HOST in the image: its default, 0.0.0.0, is what a
-    # container needs to be reachable through a published port.
-    assert defaults.host == "0.0.0.0"
-    assert only("EXPOSE") == str(defaults.port)
+    assert image_env() == {
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+        # Reachable through a published port: 127.0.0.1 would be unreachable from outside.
+        "SERVER_HOST": "0.0.0.0",
+        # Present and empty: without real ones from `docker run -e`, the server stops (below).
+        "LIVEKIT_API_KEY": "",
+        "LIVEKIT_API_SECRET": "",
+    }
+    settings = server.load_settings({**image_env(), "LIVEKIT_API_KEY": KEY, "LIVEKIT_API_SECRET": SECRET})
+    assert (settings.host, settings.dev_mode) == ("0.0.0.0", False)
+    assert only("EXPOSE") == str(settings.port)
     command = exec_form(only("CMD"))
     assert command[:1] == ["python3"] and command[-2:] == ["-m", "server"]
     assert {"-E", "-S"} <= set(command)  # no PYTHON* variables, no site-packages
@@ -158,13 +169,21 @@ def test_the_image_is_configured_by_the_environment_and_listens_on_the_default_p
 class Container(LoggedProcess):
     """The Dockerfile's CMD in a directory holding only what COPY copies.
 
-    port() reads the "listening on" line (SERVER_PORT=0); stop() is `docker stop`'s SIGTERM.
+    port() reads the listening line (SERVER_PORT=0); stop() is `docker stop`'s SIGTERM.
     """
 
     def __init__(self, workdir: Path, env: dict) -> None:
         super().__init__(in_image(exec_form(only("CMD"))), cwd=workdir, env=env)
 
     stderr = LoggedProcess.output  # server.py logs to stderr alone
+
+    def port(self) -> int:
+        return super().port(LISTENING)
+
+
+def run_env(**variables: str) -> dict:
+    """The container's environment: the image's ENV, then `docker run -e` (`variables`)."""
+    return {"PATH": os.environ.get("PATH", ""), **image_env(), **variables}
 
 
 def request(port: int, method: str, path: str, body: bytes = b"", headers: dict = None) -> tuple:
@@ -199,17 +218,38 @@ def image_dir(tmp_path) -> Path:
     return workdir
 
 
+# `docker run -e` without real credentials: (variables, the setting the exit names)
+MISSING_CREDENTIALS = [
+    pytest.param({}, "livekit.api_key (LIVEKIT_API_KEY) must not be empty", id="neither"),
+    pytest.param({"LIVEKIT_API_KEY": KEY}, "livekit.api_secret (LIVEKIT_API_SECRET) must not", id="key-only"),
+    pytest.param({"LIVEKIT_API_SECRET": SECRET}, "livekit.api_key (LIVEKIT_API_KEY) must not be", id="secret-only"),
+    pytest.param({"LIVEKIT_API_KEY": "", "LIVEKIT_API_SECRET": ""}, "livekit.api_key (LIVEKIT_API_KEY)", id="empty"),
+    pytest.param({"LIVEKIT_API_KEY": "  ", "LIVEKIT_API_SECRET": "\t"}, "livekit.api_key (LIVEKIT_API_KEY)", id="blank"),
+]
+
+
+@pytest.mark.parametrize("variables, message", MISSING_CREDENTIALS)
+def test_the_image_without_credentials_exits_2_naming_the_setting(image_dir, variables, message):
+    # Issue 12, item 3: outside a container no credentials means development mode
+    # (LiveKit's public dev key); in the image, on 0.0.0.0, it must mean no server.
+    # SERVER_PORT=0 keeps a regression from taking a real port.
+    container = Container(image_dir, run_env(SERVER_PORT="0", **variables))
+    try:
+        code = container.proc.wait(TIMEOUT)
+        container.reader.join(TIMEOUT)
+    finally:
+        container.kill()
+    assert code == 2, container.stderr
+    (line,) = container.stderr.splitlines()
+    assert re.fullmatch(r'time=\S+ level=ERROR msg="configuration error" error="(.*)"', line), line
+    assert message in line
+    assert "listening" not in container.stderr and "DEVELOPMENT MODE" not in container.stderr
+
+
 def test_the_image_files_serve_tokens_webhooks_and_the_health_check(image_dir):
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        **image_env(),
-        # As `docker run -e` would set them. SERVER_HOST only keeps this test
-        # on loopback; the image itself leaves it at 0.0.0.0.
-        "LIVEKIT_API_KEY": KEY,
-        "LIVEKIT_API_SECRET": SECRET,
-        "SERVER_HOST": "127.0.0.1",
-        "SERVER_PORT": "0",
-    }
+    # As `docker run -e` would set them. SERVER_HOST only keeps this test on
+    # loopback; the image itself sets 0.0.0.0.
+    env = run_env(LIVEKIT_API_KEY=KEY, LIVEKIT_API_SECRET=SECRET, SERVER_HOST="127.0.0.1", SERVER_PORT="0")
     built = compiled_files(image_dir)
     assert built  # the build compiled the code
     container = Container(image_dir, env)
@@ -244,7 +284,8 @@ def test_the_image_files_serve_tokens_webhooks_and_the_health_check(image_dir):
         assert result.returncode == 1, result.stderr
     finally:
         container.kill()
-    assert "shutting down" in container.stderr
+    assert "signal=SIGTERM" in container.stderr and "msg=stopped" in container.stderr
+    assert "DEVELOPMENT MODE" not in container.stderr
     assert "Traceback" not in container.stderr and SECRET not in container.stderr
     # -B: the running code wrote no bytecode next to itself; it ran the build's.
     assert compiled_files(image_dir) == built

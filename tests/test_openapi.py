@@ -1,6 +1,7 @@
 """openapi.json is the server's contract, and these tests keep it true.
 
-- Its paths and methods are exactly server._ROUTES, plus OPTIONS on each.
+- Its paths and methods are exactly server.ROUTES, plus OPTIONS on each, and
+  every documented status is one server.py sends.
 - Every request example is replayed against the WSGI app (default settings,
   fixed clock, under wsgiref's validator; webhook examples are signed here,
   since a signature depends on the key and the clock). The answer must have the
@@ -8,6 +9,8 @@
   schema, carry the documented headers (and no undocumented ones), and equal
   the response example of the same name (tokens aside).
 - Every example validates against its own schema.
+- The name schemas' patterns refuse exactly the characters the server refuses
+  (in the Basic Multilingual Plane, all a JSON Schema pattern can spell plainly).
 
 The schema validator below covers exactly the JSON Schema keywords the
 document uses, and refuses any other: a keyword it does not know would be a
@@ -16,6 +19,7 @@ constraint silently ignored.
 
 from __future__ import annotations
 
+import http
 import io
 import json
 import re
@@ -43,6 +47,9 @@ TOKEN_FIELDS = ("token", "participant_token")
 # What an Example Object in this document may hold; x-* are this document's replay instructions.
 EXAMPLE_KEYS = {"summary", "description", "value", "x-status", "x-request-headers", "x-authorization"}
 AUTHORIZATION_MODES = ("sign-this-body", "sign-another-body", "absent")
+SERVER_SOURCE = (Path(__file__).resolve().parent.parent / "server.py").read_text(encoding="utf-8")
+# Every status server.py answers with: the app's HTTPError(...) and `return 2xx, ...`, the runner's _Refusal(...).
+SERVER_STATUSES = {int(s) for s in re.findall(r"(?:HTTPError\(|_Refusal\(|return )([1-5][0-9][0-9])\b", SERVER_SOURCE)}
 
 
 # --------------------------------------------------------------------------
@@ -420,7 +427,7 @@ def test_document_is_openapi_3_1_json():
 
 def test_paths_and_methods_are_the_server_routes_plus_options():
     documented = {path: {method for p, method, _ in operations() if p == path} for path in DOC["paths"]}
-    routes = {path: set(methods) | {"OPTIONS"} for path, methods in server._ROUTES.items()}
+    routes = {path: set(methods) | {"OPTIONS"} for path, methods in server.ROUTES.items()}
     assert documented == routes
     for path, item in DOC["paths"].items():
         assert set(item) <= set(HTTP_METHODS) | {"summary", "description", "parameters"}, path
@@ -433,7 +440,7 @@ def test_operations_are_well_formed():
         assert operation["responses"], (method, path)
         for status in operation["responses"]:
             # Explicit statuses only (no "default", no "4XX"), each one the server can send.
-            assert int(status) in server._STATUS_TEXT, (method, path, status)
+            assert int(status) in SERVER_STATUSES, (method, path, status)
         body = deref(operation.get("requestBody", {}))
         if method in ("GET", "HEAD", "OPTIONS"):
             assert not body, (method, path)
@@ -441,6 +448,17 @@ def test_operations_are_well_formed():
             assert scheme in DOC["components"]["securitySchemes"]
     for name, request in DOC["x-requests-outside-operations"].items():
         assert request["method"].lower() not in DOC["paths"].get(request["path"], {}), name
+
+
+def test_the_status_list_is_read_from_server_py():
+    # The regular expression above must find what server.py answers with, or the check above is empty.
+    assert {200, 201, 204, 400, 401, 403, 404, 405, 408, 411, 413, 415, 429, 431, 500, 503, 505} <= SERVER_STATUSES
+    assert SERVER_STATUSES <= {status.value for status in http.HTTPStatus}
+
+
+def test_metrics_is_gone():
+    assert "/metrics" not in DOC["paths"] and "/metrics" not in server.ROUTES
+    assert DOC["x-requests-outside-operations"]["metrics-404"]["x-status"] == 404
 
 
 def test_every_reference_resolves():
@@ -588,6 +606,44 @@ def test_every_example_validates_against_its_schema():
         if kind != "request":
             problems = schema_errors(example["value"], schema)
             assert not problems, (where, problems)
+
+
+# --------------------------------------------------------------------------
+# (d) The name patterns against the server's own check
+
+
+NAME_SCHEMAS = {
+    "RoomName": "#/components/schemas/RoomName",
+    "Identity": "#/components/schemas/Identity",
+    "room_name": "#/components/schemas/StandardTokenRequest/properties/room_name",
+    "participant_identity": "#/components/schemas/StandardTokenRequest/properties/participant_identity",
+    "participant_name": "#/components/schemas/StandardTokenRequest/properties/participant_name",
+}
+
+
+POLICY = server.TokenPolicy(server.Settings(api_key=API_KEY, api_secret=API_SECRET), clock=lambda: FIXED_NOW)
+
+
+def _server_refuses(text: str, identifier: bool) -> bool:
+    try:
+        POLICY.check_name(text, "name", identifier=identifier)
+    except server.HTTPError as err:
+        assert err.status == 400 and "must not contain" in err.message, err.message
+        return True
+    return False
+
+
+@pytest.mark.parametrize("name", list(NAME_SCHEMAS))
+def test_name_patterns_refuse_exactly_what_the_server_refuses(name):
+    pattern = re.compile(resolve(NAME_SCHEMAS[name])["pattern"])
+    identifier = name != "participant_name"  # a display name, checked by the display rules
+    differ = [
+        f"U+{code:04X}"
+        for code in range(0x10000)
+        if not 0xD800 <= code <= 0xDFFF  # surrogates: no JSON text holds one alone ("has an unpaired surrogate")
+        and (pattern.search("a" + chr(code) + "b") is None) != _server_refuses("a" + chr(code) + "b", identifier)
+    ]
+    assert differ == [], differ[:20]
 
 
 # --------------------------------------------------------------------------

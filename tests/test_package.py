@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,14 @@ def test_every_error_is_a_livekit_auth_error(error):
 
 def test_all_lists_exactly_the_public_names():
     # __init__ re-exports the public API and nothing else (the submodules
-    # themselves are the only other names it holds).
-    public = {name for name in vars(livekit_auth) if not name.startswith("_") and name[0].isupper()}
+    # themselves are the only other names it holds). Public: no leading
+    # underscore, and not a module; functions (loads_object) count too.
+    public = {
+        name
+        for name, value in vars(livekit_auth).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
     assert sorted(livekit_auth.__all__) == sorted(public)
+    assert {"loads_object", "dumps_compact", "WebhookEvent", "Claims"} <= public
+    # Every name in __all__ is really there (a stale entry would break `from livekit_auth import *`).
+    assert all(hasattr(livekit_auth, name) for name in livekit_auth.__all__)

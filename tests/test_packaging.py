@@ -131,7 +131,8 @@ assert (claims.identity, claims.video.room) == ("alice", "room-1"), claims
 body = b'{"event":"room_started","id":"EV_1","room":{"name":"room-1"}}'
 digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
 signed = la.AccessToken(key, secret).with_sha256(digest).to_jwt()
-assert la.WebhookReceiver(verifier).receive(body, signed)["event"] == "room_started"
+event = la.WebhookReceiver(verifier).receive(body, signed)
+assert (event.event, event.room.name, event.to_dict()["id"]) == ("room_started", "room-1", "EV_1"), event
 
 app = server.make_app(server.load_settings({"LIVEKIT_API_KEY": key, "LIVEKIT_API_SECRET": secret}))
 request = b'{"roomName": "room-1", "participantName": "bob"}'

@@ -131,15 +131,15 @@ def sdk_style_code(api, body: bytes) -> dict:
         "event": (event.event, event.id, event.created_at, event.num_dropped),
         "by keyword": (by_keyword.event, by_keyword.id, by_keyword.room.name, by_keyword.participant.identity),
         "room": (room.sid, room.name, room.metadata, room.num_participants, room.creation_time, room.empty_timeout),
-        "room more": (room.creation_time_ms, room.departure_timeout, room.max_participants, room.active_recording),
+        "room more": (room.max_participants,),
         "participant": (participant.identity, participant.sid, participant.name, participant.metadata),
-        "participant more": (participant.joined_at, participant.joined_at_ms, participant.version),
+        "participant more": (participant.joined_at,),
         "attributes": dict(participant.attributes),
-        "track": (track.sid, track.name, track.muted, track.width, track.height, track.simulcast, track.mime_type),
+        "track": (track.sid, track.name, track.muted, track.width, track.height, track.mime_type),
         "egress": (event.egress_info.egress_id, event.egress_info.room_name, event.egress_info.started_at),
         "ingress": (event.ingress_info.ingress_id, event.ingress_info.name, event.ingress_info.room_name),
-        "ingress more": (event.ingress_info.url, event.ingress_info.participant_identity, event.ingress_info.reusable),
-        "job": (event.job.id, event.job.agent_name, event.job.room.name, event.job.participant.identity),
+        "ingress more": (event.ingress_info.url, event.ingress_info.participant_identity),
+        "job": (event.job.id, event.job.agent_name),
     }
 
 
@@ -171,9 +171,9 @@ def test_a_sparse_event_reads_as_protobufs_defaults(clock):
     assert values["room"] == ("", "", "", 0, 0, 0)
     assert values["participant"] == ("bob", "", "", "")
     assert values["attributes"] == {}
-    assert values["track"] == ("", "", False, 0, 0, False, "")
+    assert values["track"] == ("", "", False, 0, 0, "")
     assert values["egress"] == ("", "", 0)
-    assert values["job"] == ("", "", "", "")
+    assert values["job"] == ("", "")
 
 
 # --- Every field of our tables, read from events the SDK wrote ---------------------
@@ -237,7 +237,7 @@ def _ours_for(name: str):
     return _classes()[name]({})
 
 
-LEAVES = 99  # fields of our tables that are not messages, counted through every message
+LEAVES = 46  # fields of our tables that are not messages, counted through every message
 
 
 def test_every_field_matches_the_sdk_on_a_filled_event():

@@ -359,7 +359,12 @@ def test_deep_event_fields_are_checked_when_read_where_the_sdk_parses_protobuf(b
         pytest.param({"room": None}, lambda e: e.room.to_dict(), {}, id="null-message"),
         pytest.param({"track": {"type": "VIDEO"}}, lambda e: e.track.type, "VIDEO", id="enum-name"),
         pytest.param({"track": {"muted": True}}, lambda e: e.track.muted, True, id="bool"),
-        pytest.param({"job": {"room": {"name": "r"}}}, lambda e: e.job.room.name, "r", id="message-in-message"),
+        pytest.param(
+            {"ingressInfo": {"state": {"status": "ENDPOINT_PUBLISHING"}}},
+            lambda e: e.ingress_info.state.status,
+            "ENDPOINT_PUBLISHING",
+            id="message-in-message",
+        ),
     ],
 )
 def test_event_fields_read_as_protobuf_does(event, read, expected):
@@ -387,7 +392,7 @@ def test_event_fields_read_as_protobuf_does(event, read, expected):
         pytest.param({"participant": {"attributes": {"a": 1}}}, lambda e: e.participant.attributes, id="map-int-value"),
         pytest.param({"participant": {"attributes": []}}, lambda e: e.participant.attributes, id="map-as-list"),
         pytest.param({"ingressInfo": {"state": []}}, lambda e: e.ingress_info.state, id="message-as-list"),
-        pytest.param({"job": {"room": "r"}}, lambda e: e.job.room, id="message-as-string"),
+        pytest.param({"ingressInfo": {"state": "s"}}, lambda e: e.ingress_info.state, id="message-as-string"),
     ],
 )
 def test_event_field_of_the_wrong_type_raises_malformed_webhook_when_read(event, read):
