@@ -190,13 +190,11 @@ def load_settings(environ: Mapping[str, str], config_path: Optional[str] = None)
 
 
 def _line_of(text: str, section: str, key: Optional[str]) -> object:
-    """The line of `key` in `section` of a config file's text (of the section's header for None), or "?"."""
+    # The line of `key` in `section` of a config file's text (of the section's header for None), or "?".
     lines = [line.strip().lower() for line in text.splitlines()]
-    header = re.compile(rf"\[\s*{re.escape(section.lower())}\s*\]")
-    start = next((n for n, line in enumerate(lines) if header.fullmatch(line)), 0)
-    wanted = re.compile(rf"{re.escape(key or '')}\s*[=:]")
-    found = next((n for n in range(start, len(lines)) if key is None or wanted.match(lines[n])), None)
-    return "?" if found is None else found + 1
+    start = lines.index(f"[{section.lower()}]") if f"[{section.lower()}]" in lines else 0
+    found = [n for n in range(start, len(lines)) if key is None or re.match(rf"{re.escape(key)}\s*[=:]", lines[n])]
+    return found[0] + 1 if found else "?"
 
 
 def _read_config(path: str) -> dict:
@@ -268,9 +266,14 @@ def read_json(environ: dict, limit: int) -> dict:
 
 
 class App:
-    """The WSGI application: make_app() builds it. Safe to call from many threads at once."""
+    """The WSGI application for `settings`, as make_app(settings, on_event=..., clock=...) builds it."""
 
-    def __init__(self, settings: Settings, on_event: Optional[Callable], clock: Callable[[], float]) -> None:
+    # Safe to call from many threads at once. on_event(event) gets each verified webhook event
+    # not seen before (a livekit_auth.WebhookEvent), before the 200: if it raises, LiveKit is
+    # answered 500 and retries. `clock` gives Unix seconds (tokens, verification, limits).
+
+    def __init__(self, settings: Settings, *, on_event: Optional[Callable[[WebhookEvent], None]] = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.settings, self.policy = settings, TokenPolicy(settings, clock)
         self.delivery = WebhookDelivery(settings, on_event, clock)
         self.receiver = WebhookReceiver(TokenVerifier(settings.api_key, settings.api_secret, clock=clock))
@@ -367,12 +370,7 @@ class App:
         return 200, {"status": "ok"}, []
 
 
-def make_app(settings: Settings, *, on_event: Optional[Callable[[WebhookEvent], None]] = None,
-             clock: Callable[[], float] = time.time) -> App:
-    """The WSGI application for `settings`; on_event(event) gets each new verified webhook event."""
-    # on_event gets a livekit_auth.WebhookEvent, before the 200: if it raises, LiveKit is
-    # answered 500 and retries. `clock` gives Unix seconds (tokens, verification, limits).
-    return App(settings, on_event, clock)
+make_app = App  # make_app(settings, on_event=None, clock=time.time): the WSGI application
 
 
 # --------------------------------------------------------------------------
@@ -399,8 +397,7 @@ def _has_refused_character(text: str, identifier: bool) -> bool:
                for char in text)
 
 
-def _ip_address(text: str):
-    """The IP address `text` holds, or None."""
+def _ip_address(text: str):  # the IP address `text` holds, or None
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
@@ -459,7 +456,7 @@ class TokenPolicy:
         hops = [hop.strip() for hop in environ.get("HTTP_X_FORWARDED_FOR", "").split(",") if hop.strip()]
         while hops and (ip := _ip_address(address)) and any(ip in net for net in self.settings.trusted_proxies):
             address = hops.pop()
-        return address
+        return address if _ip_address(address) else environ.get("REMOTE_ADDR", "")  # never a proxy's garbage
 
     def token(self, request: dict, room_field: str, identity_field: str) -> str:
         """A token for request[identity_field] in request[room_field]; HTTPError 403 or 400 if refused."""
@@ -538,7 +535,7 @@ class WebhookDelivery:
     def take(self, event: WebhookEvent, fields: dict) -> None:
         """Log, store and hand over a verified event once; HTTPError 503 (event file) or 500 (handler)."""
         # `fields`: the event's name, id, room and participant, read by the caller.
-        event_id = fields["id"]
+        event_id = fields["id"]  # "" when LiveKit gave none: then never deduplicated
         with self.room_locks[hash(fields["room"]) % self.ROOM_LOCKS]:
             with self.taken_lock:
                 if event_id and self.taken.get(event_id, -math.inf) > self.clock() - self.window:
@@ -631,17 +628,27 @@ class _Connection(_RawReader):
         super().__init__()
         self.sock, self.server = sock, server
         self.over_limit = over_limit  # (lock) accepted past max_connections: its request gets a 503
-        self.idle_since: Optional[float] = None  # (lock)
-        # The connection's own thread only: whether it waits for a request, the deadline of
-        # that wait or of the request, and whether a request went unread (linger at close).
-        self.waiting, self.deadline, self.unread = False, math.inf, False
+        self.idle_since: Optional[float] = time.monotonic()  # (lock) idle from the start, before its thread runs
+        # The connection's own thread only: whether it waits for a request, the deadline of that
+        # wait or of the request, whether a request went unread (linger at close), and whether
+        # a read from the client failed or came too late (rather than the app failing).
+        self.waiting, self.deadline, self.unread, self.failed = False, math.inf, False, False
+
+    def peek(self) -> Optional[bytes]:
+        """The next byte waiting on the socket, left there: b"" if the client has closed; None if none."""
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        except OSError:  # reset: as good as closed
+            return b""
 
     def readinto(self, buffer) -> int:
         if self.waiting:
             with self.server.connections_lock:
-                if self.server.draining:
+                if self.server.draining and not self.peek():
                     return 0  # as if the client had closed: no new request starts
-                self.idle_since = time.monotonic()
+                self.idle_since = self.idle_since or time.monotonic()
         try:
             while True:
                 # Past the deadline, what has already arrived is still taken: a thread
@@ -651,7 +658,11 @@ class _Connection(_RawReader):
                     return self.sock.recv_into(buffer, 0, socket.MSG_DONTWAIT if late else 0)
                 except BlockingIOError:  # nothing within a tick (SO_RCVTIMEO), or nothing at all when late
                     if late:
+                        self.failed = True
                         raise TimeoutError from None
+                except OSError:
+                    self.failed = True
+                    raise
         finally:
             if self.waiting:
                 with self.server.connections_lock:
@@ -686,8 +697,8 @@ class _StrictHandler:
     def setup(self) -> None:
         super().setup()
         self.rfile.close()  # replaced below: reads go through _Connection, with deadlines
-        with self.server.connections_lock:
-            self.conn = self.server.connections[self.request]
+        with self.server.connections_lock:  # gone already if closed to make room before this thread ran
+            self.conn = self.server.connections.get(self.request) or _Connection(self.request, self.server, False)
         self.rfile = io.BufferedReader(self.conn)
         # Kernel timeouts on the blocking socket: a recv returns within a tick, for
         # _Connection to check its deadline, and a send that stalls fails. Python's own
@@ -759,6 +770,7 @@ class _StrictHandler:
             raise HTTPError(505, "Only HTTP/1.1 and HTTP/1.0 are supported")
         if not (target.startswith(b"/") or target == b"*" and method == b"OPTIONS"):
             raise HTTPError(400, "Request target must be a path")
+        # With every line a token, a colon and a value, http.client's parser finds no defect to report.
         for line in lines[1:-1]:
             if not _FIELD_NAME.match(line):  # also a line starting with white space: obs-fold
                 raise HTTPError(400, "Malformed header field")
@@ -770,8 +782,6 @@ class _StrictHandler:
             self.parse_request()
         finally:
             self.rfile = rfile
-        if self.headers.defects:  # none after the checks above; refused should one appear
-            raise HTTPError(400, "Malformed header field")
         if any(len(self.headers.get_all(name, ())) > 1 for name in ("Content-Length", "Host")):
             raise HTTPError(400, "Repeated header field")
         if "Transfer-Encoding" in self.headers:
@@ -828,16 +838,17 @@ class _StrictHandler:
             chunks = b"".join(written) + chunks
             if status[:3] not in ("204", "304") and "content-length" not in {name.lower() for name, _ in headers}:
                 headers = [*headers, ("Content-Length", str(len(chunks)))]  # the body is whole: its length is known
-        except OSError:
-            raise  # the client stalled (408) or left while the app read the body
-        except Exception as err:  # the type only: an exception's message may hold what the log must not
+        except Exception as err:
+            if isinstance(err, OSError) and self.conn.failed:
+                raise  # the client stalled (408) or left while the app read the body
+            # The app failed. Its type only: an exception's message may hold what the log must not.
             log.error("application error", extra={"fields": {"error": type(err).__name__}})
             status, headers, chunks = _json_answer(HTTPError(500, "Internal server error"))
         if 0 < body.remaining <= MAX_SKIP_BYTES and body.continue_to is None:
             body_file.read()  # answered unread (401, 429): skipped, so the connection carries the next request
         self.conn.unread = body.remaining > 0
         self.close_connection = self.close_connection or self.conn.unread or self.server.draining
-        self.send(status, headers, chunks)
+        self.send(status, headers, b"" if self.command == "HEAD" else chunks)  # RFC 9110 §9.3.2
         return int(status[:3])
 
     def send(self, status: str, headers: list, body: bytes) -> None:
@@ -847,8 +858,7 @@ class _StrictHandler:
         self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)  # one send
 
 
-def _json_answer(error: HTTPError) -> tuple:
-    """(status line, headers, body) of an error the runner answers itself."""
+def _json_answer(error: HTTPError) -> tuple:  # (status line, headers, body) of the runner's own error answers
     body = json.dumps({"errorMessage": error.message}).encode("ascii")
     return f"{error.status} {HTTPStatus(error.status).phrase}", [
         ("Content-Type", "application/json"), ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
@@ -877,12 +887,16 @@ class _BoundedServer:
     def process_request(self, request: socket.socket, client_address) -> None:
         """The acceptor: register the connection, then start its thread (ThreadingMixIn)."""
         with self.connections_lock:
-            # Past twice the bound, wait here: new connections queue in the listen backlog.
-            self.room_freed.wait_for(lambda: len(self.connections) < 2 * self.max_connections or self.draining)
+            while not self.draining:
+                served = sum(not conn.over_limit for conn in self.connections.values())
+                over_limit = served >= self.max_connections and not self.make_room()
+                if not over_limit or len(self.connections) < 2 * self.max_connections:
+                    break
+                # Past twice the bound: wait, while new connections queue in the listen backlog,
+                # for a connection to end or one to have waited long enough to make room.
+                self.room_freed.wait(MAKE_ROOM_AFTER)
             if self.draining:
                 return request.close()
-            served = sum(not conn.over_limit for conn in self.connections.values())
-            over_limit = served >= self.max_connections and not self.make_room()
             self.connections[request] = _Connection(request, self, over_limit)
         super().process_request(request, client_address)
 
@@ -892,10 +906,7 @@ class _BoundedServer:
         # Nor one bound for a 503: closing it would free no place to serve from.
         idle = [c for c in self.connections.values() if c.idle_since is not None and not c.over_limit]
         for conn in sorted(idle, key=lambda conn: conn.idle_since):
-            try:  # what waits on the socket, left there: b"" if the client has closed
-                waiting = conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except OSError as err:  # BlockingIOError: nothing yet; anything else, a reset: as good as closed
-                waiting = None if isinstance(err, BlockingIOError) else b""
+            waiting = conn.peek()
             if waiting == b"" or waiting is None and time.monotonic() - conn.idle_since >= MAKE_ROOM_AFTER:
                 self.close_idle(conn)
                 return True
@@ -927,9 +938,10 @@ class _BoundedServer:
         # socketserver would print a traceback of whatever escaped the handler.
         log.error("connection error", extra={"fields": {"error": type(sys.exc_info()[1]).__name__}})
 
-    def drain(self, grace: float) -> None:
+    def drain(self, grace: float, signal_name: str = "") -> None:
         """Stop accepting, close idle connections, and give requests in flight up to `grace` seconds."""
         # From any thread but the acceptor's: socketserver's shutdown() waits for it.
+        log.info("stopping: finishing requests in flight", extra={"fields": {"signal": signal_name}})
         with self.connections_lock:
             self.draining = True
             self.room_freed.notify_all()
@@ -937,8 +949,10 @@ class _BoundedServer:
         self.server_close()  # the listening socket: new clients are refused, not left waiting
         with self.connections_lock:
             for conn in [conn for conn in self.connections.values() if conn.idle_since is not None]:
-                self.close_idle(conn)
+                if not conn.peek():  # a request that has arrived is answered
+                    self.close_idle(conn)
             self.room_freed.wait_for(lambda: not self.connections, timeout=grace)
+        log.info("stopped")
 
 
 def make_server(app: Callable, settings: Settings):
@@ -977,7 +991,7 @@ def serve(app: Callable, settings: Settings, *, grace: float = 10.0) -> None:
     def stop(signum: int, frame) -> None:  # the main thread, inside serve_forever()
         for number in signals:
             signal.signal(number, signal.SIG_DFL)
-        drains.append(threading.Thread(target=_drain, args=(server, grace, signal.Signals(signum).name)))
+        drains.append(threading.Thread(target=server.drain, args=(grace, signal.Signals(signum).name)))
         drains[0].start()
 
     for number in signals:
@@ -985,12 +999,6 @@ def serve(app: Callable, settings: Settings, *, grace: float = 10.0) -> None:
     log.info("listening", extra={"fields": {"host": server.server_name, "port": server.server_port}})
     server.serve_forever()
     drains[0].join()
-
-
-def _drain(server, grace: float, signal_name: str) -> None:  # its own thread: shutdown() waits for serve_forever()
-    log.info("stopping: finishing requests in flight", extra={"fields": {"signal": signal_name}})
-    server.drain(grace)
-    log.info("stopped")
 
 
 # --------------------------------------------------------------------------

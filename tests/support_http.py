@@ -6,9 +6,10 @@ body), so the tests see framing exactly as it was sent. What every answer must
 hold differs per module (each has its own secret and rules), so callers check
 it themselves on what these return.
 
-Also: `serve_in_thread` runs `server.Server` in this process, `LoggedProcess`
-runs a server as a child process and reads its log, and `http_request` asks
-one question through http.client, as an ordinary client would.
+Also: `serve_in_thread` runs `server.make_server()` in this process,
+`LoggedProcess` runs a server as a child process and reads its log, and
+`http_request` asks one question through http.client, as an ordinary client
+would.
 
 Every socket has a timeout and every wait a deadline of TIMEOUT.
 """
@@ -164,6 +165,11 @@ class Running:
         with self.server.connections_lock:
             return all(conn.idle_since is None for conn in self.server.connections.values())
 
+    def idle_connections(self) -> int:
+        """How many connections wait for a request (kept alive, or silent since they connected)."""
+        with self.server.connections_lock:
+            return sum(conn.idle_since is not None for conn in self.server.connections.values())
+
     def drain_and_join(self, grace: float) -> None:
         self.server.drain(grace=grace)
         self.thread.join(TIMEOUT)
@@ -184,8 +190,9 @@ def serve_in_thread(app, settings: server.Settings, running: type = Running) -> 
 # --------------------------------------------------------------------------
 # A server in a child process
 
-# server.py's line once it listens (SERVER_HOST=127.0.0.1, SERVER_PORT=0).
-LISTENING = re.compile(r"listening on http://127\.0\.0\.1:([0-9]+)")
+# server.py's logfmt line once it listens (SERVER_HOST=127.0.0.1, SERVER_PORT=0):
+# "time=... level=INFO msg=listening host=127.0.0.1 port=NNNN".
+LISTENING = re.compile(r"level=INFO msg=listening host=127\.0\.0\.1 port=([0-9]+)$", re.MULTILINE)
 
 
 class LoggedProcess:

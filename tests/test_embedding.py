@@ -10,6 +10,7 @@ token server mounted at /livekit.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
@@ -61,23 +62,31 @@ JOINED = {"event": "participant_joined", "id": "EV_embed_1", "room": {"name": "T
           "participant": {"identity": "alice"}}
 
 
+@contextlib.contextmanager
+def running(argv: list, directory: Path, listening: re.Pattern):
+    """The example's process, serving (its port given); then SIGTERM, which must drain it to exit 0."""
+    process = LoggedProcess(argv, cwd=directory, env=environment(directory), stderr_to_stdout=True)
+    try:
+        yield process, process.port(listening)
+        assert process.stop(signal.SIGTERM) == 0, process.output
+    finally:
+        process.kill()
+
+
+def post_token(port: int, path: str = "/token") -> tuple:
+    request = json.dumps({"roomName": "Test Room", "participantName": "bob"}).encode()
+    return http_request(port, "POST", path, request, {"Content-Type": "application/json"})
+
+
 def test_the_section_has_the_examples_the_tests_run():
     assert set(readme_examples()) == {"myserver.py", "mysite.py"}
 
 
 def test_myserver_runs_the_handler_on_a_webhook_and_drains_on_sigterm(examples):
-    process = LoggedProcess([sys.executable, "myserver.py"], cwd=examples, env=environment(examples),
-                            stderr_to_stdout=True)
-    try:
-        port = process.port(SERVE_LISTENING)
+    with running([sys.executable, "myserver.py"], examples, SERVE_LISTENING) as (process, port):
         status, _, body = http_request(port, "POST", "/webhook", *signed_webhook(JOINED))
         assert (status, json.loads(body)) == (200, {"status": "ok"})
-        token_status, _, _ = http_request(port, "POST", "/token", json.dumps(
-            {"roomName": "Test Room", "participantName": "bob"}).encode(), {"Content-Type": "application/json"})
-        assert token_status == 200
-        assert process.stop(signal.SIGTERM) == 0
-    finally:
-        process.kill()
+        assert post_token(port)[0] == 200
     assert "alice joined Test Room\n" in process.output
     assert 'msg="webhook event" event=participant_joined id=EV_embed_1 room="Test Room" participant=alice' in process.output
     assert "signal=SIGTERM" in process.output and SECRET not in process.output
@@ -88,52 +97,34 @@ def test_myserver_logs_a_failing_handler_with_its_traceback_and_answers_500(exam
     (examples / "myserver.py").write_text(code.replace(
         'if event.event == "participant_joined":', 'if event.event == "participant_joined":\n        raise '
         'RuntimeError("the handler\'s own bug")\n    if False:'), encoding="utf-8")
-    process = LoggedProcess([sys.executable, "myserver.py"], cwd=examples, env=environment(examples),
-                            stderr_to_stdout=True)
-    try:
-        port = process.port(SERVE_LISTENING)
+    with running([sys.executable, "myserver.py"], examples, SERVE_LISTENING) as (process, port):
         status, _, body = http_request(port, "POST", "/webhook", *signed_webhook(JOINED))
         assert (status, json.loads(body)) == (500, {"errorMessage": "Webhook handler failed"})
-        assert process.stop(signal.SIGTERM) == 0
-    finally:
-        process.kill()
     line = next(line for line in process.lines if 'msg="webhook handler failed"' in line)
     assert "id=EV_embed_1" in line and "RuntimeError: the handler's own bug" in line and "Traceback" in line
 
 
-@pytest.mark.skipif(shutil.which("gunicorn", path=str(Path(sys.executable).parent)) is None, reason="no gunicorn")
+GUNICORN = shutil.which("gunicorn", path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.skipif(GUNICORN is None, reason="no gunicorn beside this Python")
 def test_myserver_app_under_gunicorn(examples):
-    gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent))
-    process = LoggedProcess([gunicorn, "-w", "1", "-b", "127.0.0.1:0", "myserver:app"], cwd=examples,
-                            env=environment(examples), stderr_to_stdout=True)
-    try:
-        port = process.port(GUNICORN_LISTENING)
+    with running([GUNICORN, "-w", "1", "-b", "127.0.0.1:0", "myserver:app"], examples, GUNICORN_LISTENING) as (
+            process, port):
         status, _, body = http_request(port, "POST", "/webhook", *signed_webhook(JOINED))
         assert (status, json.loads(body)) == (200, {"status": "ok"})
-        assert process.stop(signal.SIGTERM) == 0
-    finally:
-        process.kill()
     assert "alice joined Test Room" in process.output
     assert 'msg="webhook event" event=participant_joined' in process.output
 
 
-def test_site_mounts_the_token_server_under_livekit(examples):
+def test_mysite_mounts_the_token_server_under_livekit(examples):
     # As the README says: server.serve(mysite.site, server.load_settings(os.environ)).
     script = "import os, mysite, server; server.configure_logging(); " \
              "server.serve(mysite.site, server.load_settings(os.environ))"
-    process = LoggedProcess([sys.executable, "-c", script], cwd=examples, env=environment(examples),
-                            stderr_to_stdout=True)
-    try:
-        port = process.port(SERVE_LISTENING)
-        request = json.dumps({"roomName": "Test Room", "participantName": "carol"}).encode()
-        status, _, body = http_request(port, "POST", "/livekit/token", request, {"Content-Type": "application/json"})
+    with running([sys.executable, "-c", script], examples, SERVE_LISTENING) as (_, port):
+        status, _, body = post_token(port, "/livekit/token")
         assert status == 200 and set(json.loads(body)) == {"token"}
-        webhook_status, _, _ = http_request(port, "POST", "/livekit/webhook", *signed_webhook(JOINED))
-        assert webhook_status == 200
+        assert http_request(port, "POST", "/livekit/webhook", *signed_webhook(JOINED))[0] == 200
         assert http_request(port, "GET", "/about")[::2] == (200, b"the rest of your site\n")
         # Outside the prefix, the token server is not there: the rest of the site answers.
-        assert http_request(port, "POST", "/token", request, {"Content-Type": "application/json"})[2] == \
-            b"the rest of your site\n"
-        assert process.stop(signal.SIGTERM) == 0
-    finally:
-        process.kill()
+        assert post_token(port)[2] == b"the rest of your site\n"

@@ -205,3 +205,17 @@ def test_build_takes_server_py_and_livekit_auth_only(tmp_path):
     entry_points = (info / "entry_points.txt").read_text(encoding="utf-8").split()
     assert entry_points == ["[console_scripts]", "livekit-token-server", "=", "server:main"]
     assert (info / "top_level.txt").read_text(encoding="utf-8").split() == ["livekit_auth", "server"]
+
+
+def _older_pythons() -> list:
+    """Python 3.8 and 3.9 interpreters under pyenv, where there are any."""
+    pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    return sorted(glob.glob(os.path.join(pyenv_root, "versions", "3.[89].*", "bin", "python3")))
+
+
+@pytest.mark.skipif(not _older_pythons(), reason="no Python 3.8 or 3.9 here")
+@pytest.mark.parametrize("python", _older_pythons() or ["none"])
+def test_an_older_python_is_told_in_one_line_which_it_needs_and_exits_2(python, tmp_path):
+    result = subprocess.run([python, "-E", "-S", str(ROOT / "server.py")], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=TIMEOUT, env={"PATH": "/usr/bin:/bin"})
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", "server.py needs Python 3.10 or newer\n")
