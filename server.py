@@ -173,8 +173,15 @@ _RANGES = {  # inclusive bounds of the numeric settings
     "rate_per_minute": (0, 1_000_000), "rate_burst": (1, 1_000_000), "dedupe_seconds": (0, 7 * 24 * 3600)}
 
 
+# Settings of earlier versions: set now, they would be quietly ignored, and what they did undone.
+REMOVED_SETTINGS = {"SERVER_METRICS", "SERVER_LOG_FORMAT", "TOKEN_SAFE_NAMES", "TOKEN_MAX_NAME_LENGTH", "TOKEN_HIDDEN",
+                    "TOKEN_CAN_UPDATE_OWN_METADATA", "WEBHOOK_API_KEYS"}
+
+
 def load_settings(environ: Mapping[str, str], config_path: Optional[str] = None) -> Settings:
     """Settings from built-in defaults, then the config.ini at `config_path`, then `environ`; SettingsError."""
+    if removed := sorted(REMOVED_SETTINGS.intersection(environ)):
+        raise SettingsError(f"{removed[0]} is no longer a setting (README.md, Configuration, lists them)")
     values = _read_config(config_path) if config_path is not None else {}
     values.update({field: (env, environ[env]) for field, (_, _, env) in SETTING_SOURCES.items() if env in environ})
     parse = {field.name: field.metadata.get("parse") for field in dataclasses.fields(Settings)}
@@ -342,12 +349,11 @@ class App:
             raise HTTPError(400, "Request mixes roomName/participantName with LiveKit's snake_case fields")
         if not STANDARD_FIELDS.issuperset(request):
             raise HTTPError(400, "Request has a field that is not part of LiveKit's token request")
-        for field in ("room_name", "participant_identity"):
+        for field, made_up in (("room_name", "room-"), ("participant_identity", "user-")):
             if type(request.get(field, "")) is not str:
                 raise HTTPError(400, f"{field} must be a string")
-        # Left out or empty, room and identity are made up, as LiveKit's own token server does.
-        request["room_name"] = request.get("room_name") or "room-" + secrets.token_hex(4)
-        request["participant_identity"] = request.get("participant_identity") or "user-" + secrets.token_hex(4)
+            # Left out or empty, it is made up, as LiveKit's own token server does.
+            request[field] = request.get(field) or made_up + secrets.token_hex(4)
         token = self.policy.token(request, "room_name", "participant_identity")
         return 201, {"server_url": self.settings.livekit_url, "participant_token": token}, []
 
@@ -625,7 +631,6 @@ class _Connection(_RawReader):
     # since when, and the acceptor may close the connection to make room.
 
     def __init__(self, sock: socket.socket, server, over_limit: bool) -> None:
-        super().__init__()
         self.sock, self.server = sock, server
         self.over_limit = over_limit  # (lock) accepted past max_connections: its request gets a 503
         self.idle_since: Optional[float] = time.monotonic()  # (lock) idle from the start, before its thread runs
@@ -676,7 +681,6 @@ class _Body(_RawReader):
     # answers without reading (413) sends none.
 
     def __init__(self, rfile, length: int, wfile=None) -> None:
-        super().__init__()
         self.rfile, self.remaining, self.continue_to = rfile, length, wfile
 
     def readinto(self, buffer) -> int:

@@ -90,10 +90,14 @@ def test_a_config_that_still_sets_a_removed_key_stops_the_server(tmp_path, key):
         server.load_settings({}, str(path))
 
 
-def test_removed_environment_variables_are_not_settings():
+def test_removed_environment_variables_are_not_settings_and_stop_the_server():
     assert {env for _, _, env in server.SETTING_SOURCES.values()}.isdisjoint({"SERVER_METRICS", "SERVER_LOG_FORMAT"})
-    # The environment holds much besides settings: an unknown variable is never an error.
-    assert server.load_settings({"SERVER_METRICS": "true", "SERVER_LOG_FORMAT": "json"}) == server.load_settings({})
+    # Set, they would be quietly ignored: an operator who still sets one is told instead.
+    for name in ("SERVER_METRICS", "SERVER_LOG_FORMAT"):
+        with pytest.raises(server.SettingsError, match=f"^{name} is no longer a setting"):
+            server.load_settings({name: "true"})
+    # The environment holds much besides settings: any other unknown variable is never an error.
+    assert server.load_settings({"SERVER_NAME": "x", "TOKEN_FOO": "1"}) == server.load_settings({})
 
 
 # --------------------------------------------------------------------------

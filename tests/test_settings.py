@@ -233,6 +233,12 @@ UNKNOWN_SETTING_ROWS = [
     ("[livekit]\nLIVEKIT_API_KEY = k\n", 2, "livekit.livekit_api_key", "env-name-in-file"),
     ("[server]\nmetrics = true\n", 2, "server.metrics", "removed-metrics"),
     ("[server]\nlog_format = json\n", 2, "server.log_format", "removed-log-format"),
+    ("[tokens]\nsafe_names = true\n", 2, "tokens.safe_names", "removed-safe-names"),
+    ("[tokens]\nttl = 60\nmax_name_length = 64\n", 3, "tokens.max_name_length", "removed-max-name-length"),
+    ("[tokens]\nhidden = true\n", 2, "tokens.hidden", "removed-hidden"),
+    ("[tokens]\ncan_update_own_metadata = true\n", 2, "tokens.can_update_own_metadata",
+     "removed-can-update-own-metadata"),
+    ("[webhook]\napi_keys = wk1:wk1-webhook-secret-0123456789\n", 2, "webhook.api_keys", "removed-webhook-api-keys"),
 ]
 
 
@@ -510,9 +516,8 @@ def test_invalid_cors_allowed_origins_are_an_error_naming_the_setting(value):
 # Issue 12: a list setting that is set but lists nothing fails closed
 
 # Each of these, empty, would quietly mean "anyone" or "anything": no bearer secret,
-# no room rule, every source, every origin, the API key signing webhooks.
-FAIL_CLOSED_LISTS = ["TOKEN_AUTH_SECRETS", "TOKEN_ROOMS", "TOKEN_CAN_PUBLISH_SOURCES", "CORS_ALLOWED_ORIGINS",
-                     "WEBHOOK_API_KEYS"]
+# no room rule, every source, every origin.
+FAIL_CLOSED_LISTS = ["TOKEN_AUTH_SECRETS", "TOKEN_ROOMS", "TOKEN_CAN_PUBLISH_SOURCES", "CORS_ALLOWED_ORIGINS"]
 NOTHING = [",", " , ", ",,,", ""]
 NOTHING_IDS = ["comma", "spaced-comma", "commas", "empty"]
 
@@ -774,10 +779,22 @@ def test_readme_lists_every_setting(section, key, env_name):
     assert f"| `{env_name}` | `{section}.{key}` |" in readme
 
 
-@pytest.mark.xfail(strict=True, reason="README.md out of date: its settings table still lists SERVER_METRICS "
-                   "(server.metrics) and SERVER_LOG_FORMAT (server.log_format), which server.py no longer has")
 def test_readme_lists_no_setting_that_does_not_exist():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     listed = set(re.findall(r"^\| `([A-Z_]+)` \| `([a-z_]+)\.([a-z_]+)` \|", readme, re.MULTILINE))
     assert listed  # the table is still there, in this shape
     assert listed - {(env, section, key) for section, key, env in SETTING_SOURCES.values()} == set()
+
+
+@pytest.mark.parametrize("name", sorted(server.REMOVED_SETTINGS))
+def test_a_setting_of_an_earlier_version_stops_the_server_rather_than_being_ignored(name):
+    # WEBHOOK_API_KEYS ignored would turn webhooks signed with those keys into 401s, which
+    # LiveKit takes as delivered; TOKEN_HIDDEN ignored would hand out visible participants.
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s" * 32, name: "true"})
+    assert str(caught.value) == f"{name} is no longer a setting (README.md, Configuration, lists them)"
+
+
+def test_the_readme_names_every_removed_setting():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert all(f"`{name}`" in readme for name in server.REMOVED_SETTINGS)
