@@ -23,7 +23,7 @@ if sys.version_info < (3, 10):
     raise SystemExit(2)
 
 import argparse, collections, configparser, contextlib, dataclasses, datetime, errno, hashlib, hmac  # noqa: E401
-import io, ipaddress, json, logging, math, os, re, secrets, signal, socket, struct, threading, time  # noqa: E401
+import io, ipaddress, json, logging, math, os, re, secrets, select, signal, socket, threading, time  # noqa: E401
 import unicodedata
 from http import HTTPStatus
 from typing import Callable, Iterable, Mapping, Optional
@@ -641,10 +641,11 @@ class _Connection(_RawReader):
 
     def peek(self) -> Optional[bytes]:
         """The next byte waiting on the socket, left there: b"" if the client has closed; None if none."""
+        # poll() first: a socket with a timeout polls before it receives, and would wait.
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
         try:
-            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return None
+            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) if poller.poll(0) else None
         except OSError:  # reset: as good as closed
             return b""
 
@@ -655,19 +656,13 @@ class _Connection(_RawReader):
                     return 0  # as if the client had closed: no new request starts
                 self.idle_since = self.idle_since or time.monotonic()
         try:
-            while True:
-                # Past the deadline, what has already arrived is still taken: a thread
-                # that got to run late serves a client that was on time.
-                late = time.monotonic() >= self.deadline
-                try:
-                    return self.sock.recv_into(buffer, 0, socket.MSG_DONTWAIT if late else 0)
-                except BlockingIOError:  # nothing within a tick (SO_RCVTIMEO), or nothing at all when late
-                    if late:
-                        self.failed = True
-                        raise TimeoutError from None
-                except OSError:
-                    self.failed = True
-                    raise
+            # Each recv waits only for what is left before the deadline. Past it, a last short wait
+            # still takes what has arrived: a thread that ran late serves a client that was on time.
+            self.sock.settimeout(max(self.deadline - time.monotonic(), 0.001))
+            return self.sock.recv_into(buffer)
+        except OSError:  # TimeoutError, or the connection failed: the client's doing, not the app's
+            self.failed = True
+            raise
         finally:
             if self.waiting:
                 with self.server.connections_lock:
@@ -704,14 +699,6 @@ class _StrictHandler:
         with self.server.connections_lock:  # gone already if closed to make room before this thread ran
             self.conn = self.server.connections.get(self.request) or _Connection(self.request, self.server, False)
         self.rfile = io.BufferedReader(self.conn)
-        # Kernel timeouts on the blocking socket: a recv returns within a tick, for
-        # _Connection to check its deadline, and a send that stalls fails. Python's own
-        # socket timeouts add a poll() and an ioctl() to each call, each handing the GIL
-        # over: MEASURED
-        tick = max(min(self.server.idle_timeout, self.server.request_timeout) / 10, 0.01)
-        for option, seconds in ((socket.SO_RCVTIMEO, tick), (socket.SO_SNDTIMEO, self.server.request_timeout)):
-            timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1e6))
-            self.connection.setsockopt(socket.SOL_SOCKET, option, timeval)
 
     def handle(self) -> None:
         """Requests, while the connection is kept alive and the next one's first byte comes in time."""
@@ -859,6 +846,7 @@ class _StrictHandler:
         head = [f"HTTP/1.1 {status}", f"Date: {self.date_time_string()}", *(f"{k}: {v}" for k, v in headers)]
         if self.close_connection or self.request_version == "HTTP/1.0":
             head.append("Connection: close" if self.close_connection else "Connection: keep-alive")
+        self.connection.settimeout(self.server.request_timeout)  # a client that stops reading is dropped
         self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)  # one send
 
 
@@ -1002,7 +990,7 @@ def serve(app: Callable, settings: Settings, *, grace: float = 10.0) -> None:
         signal.signal(number, stop)
     log.info("listening", extra={"fields": {"host": server.server_name, "port": server.server_port}})
     server.serve_forever()
-    drains[0].join()
+    drains[0].join()  # serve_forever() returns only once the drain a signal started has called shutdown()
 
 
 # --------------------------------------------------------------------------
