@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import random
 import types
 from typing import Optional
@@ -190,3 +191,8 @@ def mutate_claims(rng: random.Random, claims: dict, names: tuple) -> dict:
     else:
         claims[name] = rng.choice(JSON_VALUES)
     return claims
+
+
+# What a command a test starts needs in its environment to be measured by the coverage
+# command (pyproject.toml, [tool.coverage.run]); empty in a plain run.
+COVERAGE_ENV = {name: value for name, value in os.environ.items() if name.startswith("COVERAGE_")}

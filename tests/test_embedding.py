@@ -13,6 +13,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from livekit_auth import AccessToken
+from helpers import COVERAGE_ENV
 from support_http import LoggedProcess, http_request
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +31,8 @@ KEY, SECRET = "embedkey", "an-embedding-test-secret-of-32-chars!"
 ENV = {"LIVEKIT_API_KEY": KEY, "LIVEKIT_API_SECRET": SECRET, "SERVER_HOST": "127.0.0.1", "SERVER_PORT": "0"}
 SERVE_LISTENING = re.compile(r"msg=listening host=127\.0\.0\.1 port=([0-9]+)")
 GUNICORN_LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:([0-9]+)")
+# Under `coverage run` (README, "Tests"), the variables that make a child Python measure
+# itself; the examples otherwise get only ENV. Empty in a plain run.
 
 
 def readme_examples() -> dict:
@@ -48,7 +52,7 @@ def examples(tmp_path) -> Path:
 
 def environment(directory: Path) -> dict:
     # The examples import `server` as an installed module would be: from PYTHONPATH.
-    return {**ENV, "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
+    return {**ENV, "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", **COVERAGE_ENV}
 
 
 def signed_webhook(event: dict) -> tuple:

@@ -332,3 +332,15 @@ def test_the_library_snippet_runs_with_the_sdk():
     receiver = namespace["WebhookReceiver"](namespace["TokenVerifier"](namespace["KEY"], namespace["SECRET"]))
     event = receiver.receive(body, authorization)
     assert isinstance(event, WebhookEvent) and (event.event, event.room.sid) == ("room_started", "RM_x")
+
+
+def test_ci_runs_the_readmes_test_command_and_coverage_command_as_written():
+    root = Path(__file__).resolve().parents[1]
+    readme, ci = (root / "README.md").read_text(encoding="utf-8"), (root / ".ci" / "run").read_text(encoding="utf-8")
+    commands = re.findall(r"```sh\n(.*?)\n *```", readme, re.S)
+    test_command = commands[1]  # the second of the two commands the README starts with
+    assert test_command.startswith("python3 -m venv .venv") and "pytest" in test_command
+    coverage_command = next(command.strip() for command in commands if "coverage run" in command)
+    ci_lines = [line.strip() for line in ci.splitlines()]
+    assert test_command in ci_lines and coverage_command in ci_lines
+    assert ci_lines.index(test_command) < ci_lines.index(coverage_command)

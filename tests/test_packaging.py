@@ -56,7 +56,7 @@ def test_test_extra_pins_exactly_what_requirements_test_txt_pins():
     # hosts under test are those exact releases.
     assert all(re.fullmatch(r"[a-z0-9-]+==[0-9][0-9a-z.]*", _normalized(r)) for r in from_file), from_file
     names = [_normalized(r).split("==")[0] for r in from_file]
-    assert {"livekit-api", "pytest", "gunicorn", "waitress"} <= set(names)
+    assert {"livekit-api", "pytest", "gunicorn", "waitress", "coverage"} <= set(names)
     assert len(names) == len(set(names))
 
 
@@ -80,6 +80,16 @@ def test_pytest_is_configured_in_pyproject_only():
     assert not (ROOT / "pytest.ini").exists()
     assert not (ROOT / "tox.ini").exists()
     assert not (ROOT / "setup.cfg").exists()
+
+
+def test_coverage_is_configured_in_pyproject_only():
+    # The README's coverage command: branch coverage of the runtime, child processes included.
+    run = _pyproject()["tool"]["coverage"]["run"]
+    assert run["branch"] is True
+    assert run["source"] == ["server", "livekit_auth"]
+    assert run["patch"] == ["subprocess", "fork"]
+    # coverage reads .coveragerc before pyproject.toml: a stray one would replace this.
+    assert not (ROOT / ".coveragerc").exists()
 
 
 # --------------------------------------------------------------------------

@@ -593,6 +593,28 @@ def test_issue_12_surrogates_are_refused_even_where_json_cannot_carry_them(text,
     assert (info.value.status, info.value.message) == (400, message.format(field))
 
 
+def _nested_lists(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "room_config",
+    [{"a": float("nan")}, {"a": {1, 2}}, {"a": _nested_lists(100_000)}],
+    ids=["nan", "set", "nested-100000-deep"],
+)
+def test_room_config_that_json_cannot_write_back_is_400(room_config):
+    # read_json hands on only JSON nested at most 64 deep, so over HTTP this cannot happen;
+    # TokenPolicy.token still answers 400, not 500, for a request built in code.
+    policy = TokenPolicy(settings(client_fields=frozenset(("room_config",))), Clock())
+    request = {"room_name": "r", "participant_identity": "p", "room_config": room_config}
+    with pytest.raises(HTTPError) as info:
+        policy.token(request, "room_name", "participant_identity")
+    assert (info.value.status, info.value.message) == (400, "room_config must be an object")
+
+
 def test_issue_12_an_unpaired_surrogate_escape_in_a_name_is_400():
     body = b'{"room_name":"r","participant_identity":"p","participant_name":"a\\ud800b"}'
     response = call(app_for(), "POST", "/token", body)

@@ -23,8 +23,10 @@ import json
 import logging
 import os
 import re
+import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -984,6 +986,18 @@ def test_when_full_a_connection_its_client_closed_makes_room(start_server):
         assert response.status == 200 and identity_of(response) == "new"
 
 
+def test_a_connection_its_client_reset_peeks_as_closed():
+    # make_room and drain peek at idle connections: a reset (recv raises) counts as the client's close.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=TIMEOUT)
+        accepted, _ = listener.accept()
+        with accepted:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()  # linger 0: a reset, not a FIN
+            assert wait_for(lambda: select.select([accepted], [], [], 0)[0])
+            assert server._Connection(accepted, None, False).peek() == b""
+
+
 def test_when_full_a_connection_silent_since_it_connected_makes_room(start_server):
     live = start_server(max_connections=2, idle_timeout=30.0, request_timeout=30.0)
     with live.connect() as busy, live.connect() as silent:
@@ -1171,6 +1185,32 @@ def test_a_request_that_arrived_before_the_drain_is_answered(start_server):
             expect_closed(waiting, rest)
     finally:
         server.log.removeFilter(slow)
+
+
+def test_a_request_that_arrived_before_its_thread_ran_is_answered(start_server):
+    # A connection counts as idle from its accept until its thread first reads: a drain that
+    # begins in between closes it only if nothing has arrived on it.
+    live = start_server(idle_timeout=30.0, request_timeout=5.0)
+    late = run_late(live, 0.5)
+    with connect_from_port(live, late) as early:
+        early.sendall(HEALTHZ)
+        assert wait_for(lambda: live.open_connections() == 1)
+        live.server.drain(grace=TIMEOUT)
+        response, rest = read_response(early)
+        assert response.status == 200 and response.values("connection") == ["close"]
+        expect_closed(early, rest)
+
+
+def test_a_connection_accepted_once_the_drain_has_begun_is_closed_unserved(start_server):
+    # The acceptor can take one more connection as the drain begins: it is closed, not registered.
+    live = start_server()
+    live.server.drain(grace=TIMEOUT)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        live.server.process_request(ours, ("127.0.0.1", 1))
+        assert ours.fileno() == -1 and live.open_connections() == 0
+        theirs.settimeout(TIMEOUT)
+        assert theirs.recv(1) == b""
 
 
 def test_drain_gives_up_on_a_stalled_request_after_the_grace(start_server):
@@ -1596,6 +1636,30 @@ def test_main_with_an_unusable_host_exits_2_naming_it(host):
         process.kill()
     message = "server.host (SERVER_HOST) is not an address of this machine"
     assert f'level=ERROR msg="configuration error" error="{message}"' in process.stderr
+
+
+# The two tests above, in this process: a child started with -S has no site-packages,
+# so coverage (README, "Tests") cannot measure it.
+
+
+@pytest.mark.parametrize("host", ["bad host!", "[::1]", "192.0.2.1"], ids=["not-a-name", "bracketed", "test-net"])
+def test_make_server_with_a_host_not_of_this_machine_is_a_settings_error(host):
+    settings = server.Settings(api_key=KEY, api_secret=SECRET, host=host, port=0)
+    with pytest.raises(server.SettingsError, match=r"^server\.host \(SERVER_HOST\) is not an address of this machine$"):
+        server.make_server(hello_world, settings)
+
+
+def test_main_port_in_use_returns_1(monkeypatch, capsys):
+    monkeypatch.setattr(server.log, "handlers", [])  # configure_logging() then writes to the captured stderr
+    monkeypatch.setattr(server.log, "level", logging.NOTSET)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        for name, value in _env(SERVER_PORT=str(port), LIVEKIT_API_KEY=KEY, LIVEKIT_API_SECRET=SECRET).items():
+            monkeypatch.setenv(name, value)
+        assert server.main([]) == 1
+    stderr = capsys.readouterr().err
+    assert re.search(rf'level=ERROR msg="cannot listen" port={port} error="Address already in use"$', stderr, re.M)
+    assert "msg=listening" not in stderr
 
 
 HELLO_SCRIPT = """

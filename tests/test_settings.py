@@ -18,11 +18,14 @@ from server import (
     DEV_API_KEY, DEV_API_SECRET, SETTING_NAMES, SETTING_SOURCES, Settings, SettingsError, check_startup, load_settings,
     make_app,
 )
+from helpers import COVERAGE_ENV
 from support_http import TIMEOUT, LoggedProcess, http_request
 
 SECRET = "a-long-secret-that-must-never-leak-0123456789"
 KEYS = {"LIVEKIT_API_KEY": "APIkey", "LIVEKIT_API_SECRET": SECRET}
 ROOT = Path(__file__).resolve().parents[1]
+# Under `coverage run` (README, "Tests"), the variables that make a child Python measure
+# itself; the commands below otherwise get only what they are given. Empty in a plain run.
 
 
 @pytest.fixture
@@ -566,7 +569,7 @@ def test_lists_where_nothing_lets_in_less_may_be_empty(env_name, field, value, t
 
 def run_command(environ: dict, *args: str) -> subprocess.CompletedProcess:
     """`python3 server.py ARGS` with only `environ` (and PATH) as its environment; it must exit by itself."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONDONTWRITEBYTECODE": "1", **environ}
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONDONTWRITEBYTECODE": "1", **COVERAGE_ENV, **environ}
     return subprocess.run([sys.executable, "server.py", *args], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=TIMEOUT)
 
@@ -672,7 +675,7 @@ LISTENING_ON = re.compile(r"msg=listening host=(\S+) port=([0-9]+)")
 
 
 def start_command(environ: dict) -> LoggedProcess:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONDONTWRITEBYTECODE": "1", **environ}
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONDONTWRITEBYTECODE": "1", **COVERAGE_ENV, **environ}
     return LoggedProcess([sys.executable, "server.py"], cwd=ROOT, env=env)
 
 
