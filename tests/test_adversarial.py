@@ -397,7 +397,18 @@ def _token_head(*fields: tuple) -> bytes:
     return build("POST", "/token", [HOST, ("Content-Type", "application/json"), *fields], token_body())
 
 
+def _head_of(size: int) -> bytes:
+    """A GET /healthz head of exactly `size` bytes, its blank last line included."""
+    pad = size - len(build("GET", "/healthz", [HOST, ("X-Pad", "")]))
+    head = build("GET", "/healthz", [HOST, ("X-Pad", "p" * pad)])
+    assert len(head) == size
+    return head
+
+
 LENGTH = ("Content-Length", str(len(token_body())))
+CONTROL = "Header field value has a control character"
+NOT_A_PATH = "Request target must be a path"
+NOT_A_NUMBER = "Content-Length must be a decimal number"
 BAD_LINE = [(400, MALFORMED_LINE)]
 BAD_FIELD = [(400, MALFORMED_FIELD)]
 OK_THEN_BAD_LINE = [(200, None), (400, MALFORMED_LINE)]
@@ -489,6 +500,9 @@ FRAMING = [
         id="cl-all-zeros",
     ),
     pytest.param(
+        build("GET", "/healthz", [HOST, ("Content-Length", "0X")]), [(400, NOT_A_NUMBER)], True, id="cl-trailing-letter"
+    ),
+    pytest.param(
         build("POST", "/token", [HOST, ("Content-Type", "application/json"), ("Content-Length", "9" * 12)]),
         [(413, f"Request body must be at most {server.MAX_TOKEN_BODY_BYTES} bytes")],
         True,
@@ -504,6 +518,15 @@ FRAMING = [
     pytest.param(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX\x00A: v\r\n\r\n", BAD_FIELD, True, id="nul-in-name"),
     pytest.param(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\xffA: v\r\n\r\n", BAD_FIELD, True, id="binary-name"),
     pytest.param(b"GET /healthz HTTP/1.1\r\n\x00\r\n\r\n", BAD_FIELD, True, id="nul-field-line"),
+    # A control character anywhere in a value, up to the CRLF: the last byte is checked too
+    pytest.param(build("GET", "/healthz", [HOST, ("X-A", "\x01v")]), [(400, CONTROL)], True, id="ctl-first-in-value"),
+    pytest.param(build("GET", "/healthz", [HOST, ("X-A", "v\x01")]), [(400, CONTROL)], True, id="ctl-last-in-value"),
+    # The target is a path; "*" only for OPTIONS (RFC 9112 §3.2.4), which no route answers
+    pytest.param(b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n" + HEALTHZ, [(404, "Not found"), (200, None)], False,
+                 id="options-star"),
+    pytest.param(b"GET * HTTP/1.1\r\nHost: t\r\n\r\n", [(400, NOT_A_PATH)], True, id="get-star"),
+    pytest.param(b"OPTIONS http://t/token HTTP/1.1\r\nHost: t\r\n\r\n", [(400, NOT_A_PATH)], True,
+                 id="options-absolute-form"),
     # Size limits on the head
     pytest.param(
         build("GET", "/healthz", [HOST] + [(f"X-F{i}", "v" * 200) for i in range(85)]),
@@ -515,12 +538,25 @@ FRAMING = [
         b"GET /" + b"a" * 20 * 1024 + b" HTTP/1.1\r\nHost: t\r\n\r\n", [(431, HEAD_TOO_LARGE)], True, id="line-20k"
     ),
     pytest.param(b"GET /" + b"a" * 20 * 1024, [(431, HEAD_TOO_LARGE)], True, id="line-20k-unfinished"),
+    # One byte past the cap is enough: the refusal does not wait for a byte more (or the line's end)
+    pytest.param(b"GET /" + b"a" * (16 * 1024 - 4), [(431, HEAD_TOO_LARGE)], True, id="line-16k-plus-one-unfinished"),
     pytest.param(b"\x00" * 20 * 1024, [(431, HEAD_TOO_LARGE)], True, id="nul-flood-20k"),
     pytest.param(
         build("GET", "/healthz", [HOST, ("X-Pad", "p" * 15900)]) + HEALTHZ,
         [(200, None), (200, None)],
         False,
         id="head-15.9k-accepted",
+    ),
+    # The 16 KiB cap, written out: exactly 16 KiB is served, one byte more is refused
+    pytest.param(_head_of(16 * 1024) + HEALTHZ, OK_TWICE, False, id="head-exactly-16k-accepted"),
+    pytest.param(_head_of(16 * 1024 + 1), [(431, HEAD_TOO_LARGE)], True, id="head-16k-plus-one-refused"),
+    # Each line is read only up to what is left of the cap: an unfinished line past it is refused
+    # at once, not waited for until the request deadline
+    pytest.param(
+        b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nX-Pad: " + b"p" * 8_000,
+        [(431, HEAD_TOO_LARGE)],
+        True,
+        id="second-line-unfinished-past-16k",
     ),
 ]
 
@@ -542,6 +578,20 @@ def test_hostile_framing(live, raw, expected, closed):
             expect_closed(sock, rest)  # nothing smuggled is answered; FIN, not a reset
         else:
             assert response.values("connection") == [] and rest == b""
+    assert live.healthy()
+
+
+@pytest.mark.parametrize(
+    "partial",
+    [b"GET /healthz HTT", b"GET /healthz HTTP/1.1\r\nHost: t\r\n", b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r"],
+    ids=["in-the-request-line", "between-fields", "in-the-blank-line"],
+)
+def test_a_head_cut_short_by_the_client_gets_no_answer(live, partial):
+    # The client has gone (it sent FIN mid-head): the connection closes with no answer written.
+    with live.connect() as sock:
+        sock.sendall(partial)
+        sock.shutdown(socket.SHUT_WR)
+        assert read_eof(sock) == b""
     assert live.healthy()
 
 

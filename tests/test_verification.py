@@ -396,10 +396,13 @@ def _token_of_length(length: int) -> str:
 
 
 def test_length_limit_edge():
-    # A cap, not an off-by-one: exactly MAX_TOKEN_LENGTH verifies, one more does not.
-    assert VERIFIER.verify(_token_of_length(la.MAX_TOKEN_LENGTH), now=NOW).issuer == API_KEY
+    # A cap, not an off-by-one: exactly 64 KiB verifies, one more does not. The documented limit is
+    # written out, not read from la.MAX_TOKEN_LENGTH, so a changed constant fails here (tests/mutate.py).
+    limit = 64 * 1024
+    assert la.MAX_TOKEN_LENGTH == limit
+    assert VERIFIER.verify(_token_of_length(limit), now=NOW).issuer == API_KEY
     with pytest.raises(la.MalformedToken):
-        VERIFIER.verify(_token_of_length(la.MAX_TOKEN_LENGTH + 1), now=NOW)
+        VERIFIER.verify(_token_of_length(limit + 1), now=NOW)
 
 
 # --- Grant claims must be objects, as the SDK requires ----------------------------
@@ -485,6 +488,8 @@ def test_shared_secret_matches_either_key():
         ((), {"keys": {"": "s1"}}),
         ((), {"keys": {"k1": 1}}),
         ((), {"keys": {"k1": b"s1"}}),
+        (("devkey", ""), {"keys": {"k1": "s1"}}),
+        (("", "secret"), {"keys": {"k1": "s1"}}),
     ],
     ids=[
         "nothing",
@@ -495,6 +500,8 @@ def test_shared_secret_matches_either_key():
         "keys-empty-key",
         "keys-int-secret",
         "keys-bytes-secret",
+        "empty-secret-beside-keys",  # half a pair is refused, not dropped, when keys has pairs
+        "empty-key-beside-keys",
     ],
 )
 def test_verifier_needs_non_empty_string_pairs(args, kwargs, monkeypatch):
@@ -526,6 +533,74 @@ def test_error_messages_never_echo_input_or_secret():
         message = str(caught.value)
         assert "MARKER" not in message and "s3cr3t" not in message
         assert all(len(part) < 4 or part not in message for part in tok.split("."))
+
+
+# Each refusal's exact class and message: str(err) is the errorMessage a client reads, so the
+# wording is behaviour too (tests/mutate.py changes each message and expects a test to fail).
+LEEWAY_SECONDS = 60  # DEFAULT_LEEWAY
+MESSAGES = [
+    pytest.param(VALID.encode(), la.MalformedToken, "token must be a string", id="not-a-string"),
+    pytest.param("a" * (64 * 1024 + 1), la.MalformedToken, "token is too long", id="too-long"),
+    pytest.param("a.b", la.MalformedToken, "token must have three dot-separated segments", id="two-segments"),
+    pytest.param("!" + VALID, la.MalformedToken, "token header is not canonical unpadded base64url",
+                 id="header-not-base64url"),
+    pytest.param(f"{_HEADER_SEG}.!{_PAYLOAD_SEG}.{_SIGNATURE_SEG}", la.MalformedToken,
+                 "token payload is not canonical unpadded base64url", id="payload-not-base64url"),
+    pytest.param(VALID + "=", la.MalformedToken, "token signature is not canonical unpadded base64url",
+                 id="signature-not-base64url"),
+    pytest.param(_with_signature(VALID, _flip_last_char(_SIGNATURE_SEG)), la.BadSignature,
+                 "token signature does not match", id="signature-changed"),
+    pytest.param(token(header=b"alg=HS256"), la.MalformedToken, "token header is not a JSON object",
+                 id="header-not-json"),
+    pytest.param(token(payload=b'["sub"]'), la.MalformedToken, "token payload is not a JSON object",
+                 id="payload-array"),
+    pytest.param(token(header=b'{"alg":"none"}'), la.MalformedToken, "token alg must be HS256", id="alg-none"),
+    pytest.param(token(header=b'{"alg":"HS256","crit":[]}'), la.MalformedToken,
+                 "token header uses an unsupported extension", id="crit-empty"),
+    pytest.param(token(header=b'{"alg":"HS256","kid":1}'), la.MalformedToken, "token kid must be a string",
+                 id="kid-int"),
+    pytest.param(token(claims(iss="devke")), la.WrongIssuer, "token issuer is not the API key that signed it",
+                 id="iss-prefix"),
+    pytest.param(token(claims(exp=DROP)), la.MalformedToken, "token has no exp claim", id="exp-missing"),
+    pytest.param(token(claims(exp=NOW + 0.5)), la.MalformedToken, "exp claim must be an integer", id="exp-float"),
+    pytest.param(token(claims(nbf="1")), la.MalformedToken, "nbf claim must be an integer", id="nbf-string"),
+    pytest.param(token(claims(exp=NOW - LEEWAY_SECONDS)), la.TokenExpired, "token has expired", id="expired"),
+    pytest.param(token(claims(nbf=NOW + LEEWAY_SECONDS + 1)), la.TokenNotYetValid, "token is not valid yet (nbf)",
+                 id="nbf-future"),
+    pytest.param(token(claims(iat=NOW + LEEWAY_SECONDS + 1)), la.TokenNotYetValid, "token is not valid yet (iat)",
+                 id="iat-future"),
+    pytest.param(token(claims(aud="devkey")), la.MalformedToken, "token has an aud claim", id="aud-set"),
+    pytest.param(token(claims(sub=1)), la.MalformedToken, "sub claim must be a string", id="sub-int"),
+    pytest.param(token(claims(attributes=["team"])), la.MalformedToken,
+                 "attributes claim must map strings to strings", id="attributes-list"),
+    pytest.param(token(claims(roomConfig=[])), la.MalformedToken, "roomConfig claim must be an object",
+                 id="room-config-list"),
+    pytest.param(token(claims(video=5)), la.MalformedToken, "video claim must be an object", id="video-int"),
+    pytest.param(token(claims(video={"roomJoin": "yes"})), la.MalformedToken,
+                 "token grants have a field of the wrong type", id="video-field-wrong-type"),
+]
+LEEWAY_SECONDS = 60
+
+
+@pytest.mark.parametrize("tok, error, message", MESSAGES)
+def test_each_refusal_has_its_exact_class_and_message(tok, error, message):
+    with pytest.raises(la.LiveKitAuthError) as caught:
+        VERIFIER.verify(tok, now=NOW)
+    assert (type(caught.value), str(caught.value)) == (error, message)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, message",
+    [
+        ((), {}, "at least one api_key and api_secret pair is required"),
+        ((), {"keys": {"k1": ""}}, "api_key and api_secret must be non-empty strings"),
+    ],
+    ids=["nothing", "keys-empty-secret"],
+)
+def test_verifier_refusals_have_their_exact_message(args, kwargs, message):
+    with pytest.raises(ValueError) as caught:
+        la.TokenVerifier(*args, **kwargs)
+    assert str(caught.value) == message
 
 
 # --- The contract: verify returns Claims or raises LiveKitAuthError ----------------

@@ -265,6 +265,53 @@ def test_rejects(body, authorization, error):
         RECEIVER.receive(body, authorization, now=NOW)
 
 
+# --- Each refusal's exact class and message ---------------------------------------
+# str(err) is the errorMessage LiveKit reads in a 401 or 400, so the wording is behaviour too
+# (tests/mutate.py changes each message and expects a test to fail).
+
+
+def _receive(body, authorization):
+    return lambda: RECEIVER.receive(body, authorization, now=NOW)
+
+
+def _signed_receive(body: bytes):
+    return _receive(body, webhook_token(body))
+
+
+_SHAPE = "body does not have the shape of a LiveKit event"
+MESSAGES = [
+    pytest.param(_receive(BODY, ""), la.MalformedToken, "Authorization is missing", id="authorization-empty"),
+    pytest.param(_receive(BODY, ACCESS_TOKEN), la.MalformedToken, "token has no sha256 claim: not a webhook token",
+                 id="access-token-without-sha256"),
+    pytest.param(_receive(BODY, webhook_token(sha256=_SHA.rstrip("="))), la.MalformedToken,
+                 "sha256 claim is not padded standard base64 of 32 bytes", id="sha256-unpadded"),
+    pytest.param(_receive('{"event":"\ud800"}', webhook_token()), la.MalformedWebhook, "body is not valid UTF-8",
+                 id="body-str-lone-surrogate"),
+    pytest.param(_receive(1, webhook_token()), la.MalformedWebhook, "body must be bytes", id="body-int"),
+    pytest.param(_receive(BODY[:-1], webhook_token()), la.WebhookBodyMismatch, "body does not match the signed sha256",
+                 id="body-truncated"),
+    pytest.param(_signed_receive(b'["event"]'), la.MalformedWebhook, "body is not a JSON object", id="body-array"),
+    pytest.param(_signed_receive(b'{"event":1}'), la.MalformedWebhook, 'body has no "event" string', id="event-int"),
+    pytest.param(_signed_receive(b'{"event":"room_started","id":7}'), la.MalformedWebhook, _SHAPE, id="id-int"),
+    # One row per message field handlers read first: each is checked at the top level.
+    *(pytest.param(_signed_receive(b'{"event":"room_started","%s":[]}' % name.encode()), la.MalformedWebhook, _SHAPE,
+                   id=f"{name}-list")
+      for name in ("room", "participant", "track", "egressInfo", "ingressInfo", "job")),
+    pytest.param(lambda: la.WebhookEvent([]), la.MalformedWebhook, "event is not a JSON object", id="event-list"),
+    pytest.param(lambda: la.WebhookEvent({"event": "room_started", "room": {"name": 5}}).room.name,
+                 la.MalformedWebhook, "event field name has the wrong type", id="room-name-int"),
+    pytest.param(lambda: la.WebhookEvent({"event": "egress_ended", "egressInfo": {"roomName": 5}}).egress_info.room_name,
+                 la.MalformedWebhook, "event field roomName has the wrong type", id="egress-room-name-int"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", MESSAGES)
+def test_each_refusal_has_its_exact_class_and_message(call, error, message):
+    with pytest.raises(la.LiveKitAuthError) as caught:
+        call()
+    assert (type(caught.value), str(caught.value)) == (error, message)
+
+
 # --- The contract: receive returns a dict or raises LiveKitAuthError --------------
 
 FUZZ_NOW = NOW + 7  # both golden webhook tokens are valid then
