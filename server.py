@@ -25,7 +25,7 @@ if sys.version_info < (3, 10):  # pragma: no cover
     raise SystemExit(2)
 
 import argparse, collections, configparser, contextlib, dataclasses, datetime, errno, hashlib, hmac  # noqa: E401
-import io, ipaddress, json, logging, math, os, re, secrets, select, signal, socket, threading, time  # noqa: E401
+import io, ipaddress, json, logging, math, os, re, secrets, signal, socket, struct, threading, time  # noqa: E401
 import unicodedata
 from http import HTTPStatus
 from typing import Callable, Iterable, Mapping, Optional
@@ -620,6 +620,13 @@ _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # in a field value, RFC 911
 _LOGGED_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
 
 
+# The deadlines are the kernel's (SO_RCVTIMEO, SO_SNDTIMEO) on blocking sockets: Python's socket
+# timeouts add a poll() and an ioctl() to each read and send, each a turn at the interpreter
+# lock for every thread (bench/run.py, same code without it: 1.28x /token at 8 connections).
+def _timeval(seconds: float) -> bytes:  # a struct timeval, for SO_RCVTIMEO and SO_SNDTIMEO
+    return struct.pack("@ll", *divmod(max(round(seconds * 1e6), 1000), 1_000_000))  # at least 1 ms: 0 means never
+
+
 class _RawReader(io.RawIOBase):
     def readable(self) -> bool:  # what BufferedReader asks of a raw stream, besides readinto()
         return True
@@ -643,13 +650,10 @@ class _Connection(_RawReader):
 
     def peek(self) -> Optional[bytes]:
         """The next byte waiting on the socket, left there: b"" if the client has closed; None if none."""
-        # poll() first: a socket with a timeout polls before it receives, and would wait.
-        poller = select.poll()
-        poller.register(self.sock, select.POLLIN)
         try:
-            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) if poller.poll(0) else None
-        except OSError:  # reset: as good as closed
-            return b""
+            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError as err:  # nothing waiting; or reset, as good as closed
+            return None if isinstance(err, BlockingIOError) else b""
 
     def readinto(self, buffer) -> int:
         if self.waiting:
@@ -660,11 +664,11 @@ class _Connection(_RawReader):
         try:
             # Each recv waits only for what is left before the deadline. Past it, a last short wait
             # still takes what has arrived: a thread that ran late serves a client that was on time.
-            self.sock.settimeout(max(self.deadline - time.monotonic(), 0.001))
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self.deadline - time.monotonic()))
             return self.sock.recv_into(buffer)
-        except OSError:  # TimeoutError, or the connection failed: the client's doing, not the app's
+        except OSError as err:  # too late, or the connection failed: the client's doing, not the app's
             self.failed = True
-            raise
+            raise TimeoutError if isinstance(err, BlockingIOError) else err  # BlockingIOError: SO_RCVTIMEO ran out
         finally:
             if self.waiting:
                 with self.server.connections_lock:
@@ -701,6 +705,8 @@ class _StrictHandler:
         with self.server.connections_lock:  # gone already if closed to make room before this thread ran
             self.conn = self.server.connections.get(self.request) or _Connection(self.request, self.server, False)
         self.rfile = io.BufferedReader(self.conn)
+        # Answers fit in the socket's send buffer, so this bounds a send to a client that stops reading.
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self.server.request_timeout))
 
     def handle(self) -> None:
         """Requests, while the connection is kept alive and the next one's first byte comes in time."""
@@ -848,7 +854,6 @@ class _StrictHandler:
         head = [f"HTTP/1.1 {status}", f"Date: {self.date_time_string()}", *(f"{k}: {v}" for k, v in headers)]
         if self.close_connection or self.request_version == "HTTP/1.0":
             head.append("Connection: close" if self.close_connection else "Connection: keep-alive")
-        self.connection.settimeout(self.server.request_timeout)  # a client that stops reading is dropped
         self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)  # one send
 
 
@@ -920,7 +925,7 @@ class _BoundedServer:
             with contextlib.suppress(OSError):
                 request.shutdown(socket.SHUT_WR)
                 while swallowed < MAX_LINGER_BYTES and time.monotonic() < deadline:
-                    request.settimeout(max(deadline - time.monotonic(), 0.001))
+                    request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(deadline - time.monotonic()))
                     data = request.recv(65536)
                     swallowed += len(data) if data else MAX_LINGER_BYTES  # b"": the client has closed
         super().shutdown_request(request)
@@ -942,9 +947,9 @@ class _BoundedServer:
         self.shutdown()
         self.server_close()  # the listening socket: new clients are refused, not left waiting
         with self.connections_lock:
-            for conn in [conn for conn in self.connections.values() if conn.idle_since is not None]:
-                if not conn.peek():  # a request that has arrived is answered
-                    self.close_idle(conn)
+            # Idle ones, but for those whose request has just arrived: that is answered.
+            for conn in [c for c in self.connections.values() if c.idle_since is not None and not c.peek()]:
+                self.close_idle(conn)
             self.room_freed.wait_for(lambda: not self.connections, timeout=grace)
         log.info("stopped")
 
