@@ -640,6 +640,7 @@ class _Connection(_RawReader):
     # since when, and the acceptor may close the connection to make room.
 
     def __init__(self, sock: socket.socket, server, over_limit: bool) -> None:
+        sock.settimeout(None)  # blocking, even under socket.setdefaulttimeout(): peek() must never wait
         self.sock, self.server = sock, server
         self.over_limit = over_limit  # (lock) accepted past max_connections: its request gets a 503
         self.idle_since: Optional[float] = time.monotonic()  # (lock) idle from the start, before its thread runs
@@ -705,7 +706,8 @@ class _StrictHandler:
         with self.server.connections_lock:  # gone already if closed to make room before this thread ran
             self.conn = self.server.connections.get(self.request) or _Connection(self.request, self.server, False)
         self.rfile = io.BufferedReader(self.conn)
-        # Answers fit in the socket's send buffer, so this bounds a send to a client that stops reading.
+        # Each send that cannot go on within it fails: a client that stops reading is dropped. (Python's
+        # sendall timeout bounded the whole answer; the token and webhook answers fit in one send.)
         self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self.server.request_timeout))
 
     def handle(self) -> None:

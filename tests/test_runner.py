@@ -998,6 +998,20 @@ def test_a_connection_its_client_reset_peeks_as_closed():
             assert server._Connection(accepted, None, False).peek() == b""
 
 
+def test_a_silent_connection_peeks_as_waiting_at_once_under_a_default_socket_timeout():
+    # An embedder may have called socket.setdefaulttimeout(): accepted sockets then carry a
+    # Python timeout, under which a peek would wait for it and then count the client as gone.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=TIMEOUT)
+        accepted, _ = listener.accept()
+        with client, accepted:
+            accepted.settimeout(5.0)
+            started = time.monotonic()
+            conn = server._Connection(accepted, None, False)
+            assert conn.peek() is None and time.monotonic() - started < 1.0
+            assert accepted.gettimeout() is None  # blocking: the deadlines are the kernel's
+
+
 def test_when_full_a_connection_silent_since_it_connected_makes_room(start_server):
     live = start_server(max_connections=2, idle_timeout=30.0, request_timeout=30.0)
     with live.connect() as busy, live.connect() as silent:
