@@ -1,17 +1,18 @@
 """Benchmark the token server against the stdlib floor, on loopback, with wrk.
 
-    python3 bench/run.py                   # 2 interleaved rounds, 5 s per run, about 2.5 minutes
+    python3 bench/run.py                   # 2 interleaved rounds, 5 s per run, about 4 minutes
     python3 bench/run.py --quick           # smoke run: 1 round, 1 s per run
     python3 bench/run.py --rounds 4
     python3 bench/run.py --baseline HEAD   # also REV's server.py, in the same rounds
     python3 bench/run.py --frameworks      # also FastAPI (uvicorn) and Express, if installed
 
-Starts server.py and bench/floor.py on free 127.0.0.1 ports, drives them with
-wrk, and prints one Markdown table plus ratio, cold start, memory and
-in-process lines. Standard library only; livekit-api, when importable, is
-timed in-process next to livekit_auth. The --frameworks targets need their own
-bench-only dependencies (bench/README.md). Needs wrk (apt-get install wrk) and
-Linux /proc.
+Starts server.py (with its access log and with SERVER_ACCESS_LOG=false) and
+bench/floor.py on free 127.0.0.1 ports, drives them with wrk, and prints
+Markdown tables of the runs, of CPU per request and of ratios, plus cold
+start, memory and in-process lines. Standard library only; livekit-api, when
+importable, is timed in-process next to livekit_auth. The --frameworks targets
+(each with its access log and without) need their own bench-only dependencies
+(bench/README.md). Needs wrk (apt-get install wrk) and Linux /proc.
 """
 
 from __future__ import annotations
@@ -113,12 +114,13 @@ PAUSE = 0.3  # between wrk runs, so closed connections and their threads are gon
 class Service:
     """A process under test: how to start it, and what it serves."""
 
-    name: str  # "server", "baseline", "floor", "fastapi", "express"
+    name: str  # "server", "server-nolog", "baseline", "floor", "fastapi", "express-nolog", ...
     argv: Callable[[int], list]  # port -> command line
     cwd: Path
     env: dict
     log: Optional[Path]  # its stdout and stderr, appended; None: discarded
     what: str  # for the report: what runs
+    access_log: bool = True  # writes a line per request (to `log`)
     webhook: bool = True  # serves POST /webhook
     signed: bool = True  # its tokens are JWTs signed with the bench key (the floor's are not)
     port_env: str = ""  # takes its port from this environment variable (server.py: SERVER_PORT)
@@ -138,7 +140,12 @@ def start(service: Service, procs: list) -> tuple:
     log = open(service.log, "ab") if service.log else subprocess.DEVNULL
     try:
         proc = subprocess.Popen(
-            service.argv(port), cwd=service.cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            service.argv(port),
+            cwd=service.cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
         )
     finally:
         if service.log:
@@ -172,7 +179,9 @@ def wait_ready(proc: subprocess.Popen, port: int) -> float:
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{shlex.join(map(str, proc.args))} exited with status {proc.returncode} before answering")
+            raise RuntimeError(
+                f"{shlex.join(map(str, proc.args))} exited with status {proc.returncode} before answering"
+            )
         try:
             status, _ = post(port, "/token", TOKEN_BODY, {"Content-Type": "application/json"})
             if status == 200:
@@ -180,7 +189,9 @@ def wait_ready(proc: subprocess.Popen, port: int) -> float:
         except OSError:
             pass  # not listening yet
         time.sleep(0.002)
-    raise RuntimeError(f"{shlex.join(map(str, proc.args))} did not answer 200 within {READY_TIMEOUT:.0f} s")
+    raise RuntimeError(
+        f"{shlex.join(map(str, proc.args))} did not answer 200 within {READY_TIMEOUT:.0f} s"
+    )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -205,11 +216,17 @@ def memory_mib(pid: int, field: str) -> float:
 def materialize(rev: str, dest: Path) -> str:
     """REV's server.py and livekit_auth/ into `dest` (git archive, nothing else touched); '<sha> <subject>'."""
     git = ["git", "-C", str(REPO)]
-    found = subprocess.run(git + ["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], capture_output=True, text=True)
+    found = subprocess.run(
+        git + ["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+        capture_output=True,
+        text=True,
+    )
     if found.returncode != 0:
         raise SystemExit(f"--baseline {rev}: not a commit of this repository")
     sha = found.stdout.strip()
-    archive = subprocess.run(git + ["archive", "--format=tar", sha, "server.py", "livekit_auth"], capture_output=True)
+    archive = subprocess.run(
+        git + ["archive", "--format=tar", sha, "server.py", "livekit_auth"], capture_output=True
+    )
     if archive.returncode != 0:
         raise SystemExit(f"--baseline {rev}: {archive.stderr.decode(errors='replace').strip()}")
     dest.mkdir()
@@ -218,7 +235,9 @@ def materialize(rev: str, dest: Path) -> str:
             tar.extractall(dest, filter="data")
         else:  # Python before 3.11.4; our own repository's archive
             tar.extractall(dest)
-    subject = subprocess.run(git + ["log", "-1", "--format=%s", sha], capture_output=True, text=True).stdout.strip()
+    subject = subprocess.run(
+        git + ["log", "-1", "--format=%s", sha], capture_output=True, text=True
+    ).stdout.strip()
     return f"{sha[:12]}, “{subject[:50]}{'…' if len(subject) > 50 else ''}”"
 
 
@@ -231,52 +250,114 @@ print(json.dumps({name: importlib.metadata.version(name) for name in names}))
 """
 
 
-def fastapi_service(base_env: dict, log: Path) -> tuple:
-    """(Service or None, a note): FastAPI on uvicorn, one worker, with uvloop and httptools when installed."""
+def fastapi_services(base_env: dict, tmp: Path) -> tuple:
+    """([Service], a note): FastAPI on uvicorn, one worker, with uvloop and httptools when
+    installed; "fastapi" with uvicorn's access log (on by default), "fastapi-nolog" without."""
     if not FRAMEWORKS_PYTHON.exists():
-        return None, f"FastAPI skipped: no bench/.venv-frameworks; install with `{FASTAPI_INSTALL}`"
+        return [], f"FastAPI skipped: no bench/.venv-frameworks; install with `{FASTAPI_INSTALL}`"
     # No bytecode written: the app's own is compiled at each start (a few ms);
     # the packages' was compiled by pip at install time.
-    env = dict(base_env, PYTHONDONTWRITEBYTECODE="1", LIVEKIT_API_KEY=API_KEY, LIVEKIT_API_SECRET=API_SECRET)
-    probe = subprocess.run([str(FRAMEWORKS_PYTHON), "-c", _FASTAPI_PROBE], env=env, capture_output=True, text=True, timeout=60)
+    env = dict(
+        base_env,
+        PYTHONDONTWRITEBYTECODE="1",
+        LIVEKIT_API_KEY=API_KEY,
+        LIVEKIT_API_SECRET=API_SECRET,
+    )
+    probe = subprocess.run(
+        [str(FRAMEWORKS_PYTHON), "-c", _FASTAPI_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if probe.returncode != 0:
         error = (probe.stderr.strip().splitlines() or ["?"])[-1]
-        return None, f"FastAPI skipped: bench/.venv-frameworks lacks a package ({error}); install with `{FASTAPI_INSTALL}`"
+        return (
+            [],
+            f"FastAPI skipped: bench/.venv-frameworks lacks a package ({error}); install with `{FASTAPI_INSTALL}`",
+        )
     versions = json.loads(probe.stdout)
     options = ["--workers", "1"]
     options += ["--loop", "uvloop"] if "uvloop" in versions else ["--loop", "asyncio"]
     options += ["--http", "httptools"] if "httptools" in versions else ["--http", "h11"]
-    argv = [str(FRAMEWORKS_PYTHON), "-m", "uvicorn", "fastapi_app:app", "--app-dir", str(FRAMEWORKS), "--host", "127.0.0.1"]
+    argv = [
+        str(FRAMEWORKS_PYTHON),
+        "-m",
+        "uvicorn",
+        "fastapi_app:app",
+        "--app-dir",
+        str(FRAMEWORKS),
+        "--host",
+        "127.0.0.1",
+    ]
     listed = ", ".join(f"{name} {version}" for name, version in versions.items())
     what = (
         f"`uvicorn fastapi_app:app --port PORT {' '.join(options)}` (bench/frameworks/fastapi_app.py, "
-        f"async def, a pydantic model for the body; {listed}; uvicorn's access log on, as by default)"
+        f"async def, a pydantic model for the body; {listed})"
     )
-    service = Service("fastapi", lambda port: argv + ["--port", str(port)] + options, REPO, env, log, what)
-    return service, ""
+    logged = Service(
+        "fastapi",
+        lambda port: argv + ["--port", str(port)] + options,
+        REPO,
+        env,
+        tmp / "fastapi.log",
+        f"{what}, uvicorn's access log on, as by default, on stdout",
+    )
+    unlogged = Service(
+        "fastapi-nolog",
+        lambda port: argv + ["--port", str(port)] + options + ["--no-access-log"],
+        REPO,
+        env,
+        tmp / "fastapi-nolog.log",
+        "the same with `--no-access-log`",
+        access_log=False,
+    )
+    return [logged, unlogged], ""
 
 
-def express_service(base_env: dict) -> tuple:
-    """(Service or None, a note): Express with livekit-server-sdk, one node process."""
+def express_services(base_env: dict, tmp: Path) -> tuple:
+    """([Service], a note): Express with livekit-server-sdk, one node process;
+    "express" with morgan("combined") on stdout, "express-nolog" without, as Express comes."""
     node = shutil.which("node")
     if node is None:
-        return None, "Express skipped: node is not installed"
+        return [], "Express skipped: node is not installed"
     versions = {}
-    for package in ("express", "livekit-server-sdk"):
+    for package in ("express", "livekit-server-sdk", "morgan"):
         manifest = FRAMEWORKS / "node_modules" / package / "package.json"
         if not manifest.exists():
-            return None, f"Express skipped: bench/frameworks/node_modules lacks {package}; install with `{EXPRESS_INSTALL}`"
+            return (
+                [],
+                f"Express skipped: bench/frameworks/node_modules lacks {package}; install with `{EXPRESS_INSTALL}`",
+            )
         versions[package] = json.loads(manifest.read_text())["version"]
-    node_version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    node_version = subprocess.run(
+        [node, "--version"], capture_output=True, text=True, timeout=30
+    ).stdout.strip()
     # NODE_ENV=production, as Express's own guide asks of a deployment.
-    env = dict(base_env, NODE_ENV="production", LIVEKIT_API_KEY=API_KEY, LIVEKIT_API_SECRET=API_SECRET)
-    listed = ", ".join(f"{name} {version}" for name, version in versions.items())
-    what = (
-        f"`node bench/frameworks/express_app.js PORT` (Node {node_version}, {listed}, NODE_ENV=production; "
-        "no access log, as Express has none by default)"
+    env = dict(
+        base_env, NODE_ENV="production", LIVEKIT_API_KEY=API_KEY, LIVEKIT_API_SECRET=API_SECRET
     )
-    service = Service("express", lambda port: [node, str(FRAMEWORKS / "express_app.js"), str(port)], REPO, env, None, what)
-    return service, ""
+    listed = ", ".join(f"{name} {version}" for name, version in versions.items())
+    app = str(FRAMEWORKS / "express_app.js")
+    logged = Service(
+        "express",
+        lambda port: [node, app, str(port), "--access-log"],
+        REPO,
+        env,
+        tmp / "express.log",
+        f"`node bench/frameworks/express_app.js PORT --access-log` (Node {node_version}, {listed}, "
+        'NODE_ENV=production; morgan("combined") on stdout)',
+    )
+    unlogged = Service(
+        "express-nolog",
+        lambda port: [node, app, str(port)],
+        REPO,
+        env,
+        tmp / "express-nolog.log",
+        "the same without `--access-log`: no access log, as Express has none by default",
+        access_log=False,
+    )
+    return [logged, unlogged], ""
 
 
 # --------------------------------------------------------------------------
@@ -315,16 +396,20 @@ def read_log(data: bytes) -> dict:
     return {"lines": len(lines), "errors": errors, "dropped": dropped, "statuses": statuses}
 
 
-def describe_log(summary: dict) -> str:
-    not_200 = ", ".join(f"{n:,} × {s}" for s, n in sorted(summary["statuses"].items()) if s != "200")
+def describe_log(summary: dict, access_log: bool) -> str:
+    not_200 = ", ".join(
+        f"{n:,} × {s}" for s, n in sorted(summary["statuses"].items()) if s != "200"
+    )
     text = (
         f"{summary['lines']:,} lines, {summary['statuses']['200']:,} answers 200, {summary['errors']} at ERROR level; "
         f"answers other than 200: {not_200 or 'none'}"
     )
     if summary["dropped"]:
         text += f"; {summary['dropped']:,} lines dropped by the server"
-    if summary["lines"] and not summary["statuses"]:
+    if access_log and summary["lines"] and not summary["statuses"]:
         text += "; NO ACCESS LINE RECOGNISED: a log format read_log() does not know"
+    if not access_log and summary["statuses"]["200"]:
+        text += "; ACCESS LINES FROM A TARGET MEANT TO RUN WITHOUT THEM: the setting had no effect"
     return text
 
 
@@ -351,7 +436,18 @@ _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
 def run_wrk(wrk: str, url: str, script: str, conns: int, close: bool, duration: int) -> dict:
-    argv = [wrk, "-t", str(min(conns, 2)), "-c", str(conns), "-d", f"{duration}s", "--latency", "-s", script]
+    argv = [
+        wrk,
+        "-t",
+        str(min(conns, 2)),
+        "-c",
+        str(conns),
+        "-d",
+        f"{duration}s",
+        "--latency",
+        "-s",
+        script,
+    ]
     if close:
         argv += ["-H", "Connection: close"]
     out = subprocess.run(argv + [url], capture_output=True, text=True, timeout=duration + 30).stdout
@@ -360,7 +456,10 @@ def run_wrk(wrk: str, url: str, script: str, conns: int, close: bool, duration: 
         rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
         p50, p99 = (
             float(value) * _UNITS[unit]
-            for value, unit in (re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups() for q in (50, 99))
+            for value, unit in (
+                re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+                for q in (50, 99)
+            )
         )
     except AttributeError:
         raise RuntimeError(f"cannot parse wrk output for {url}:\n{out}") from None
@@ -397,10 +496,12 @@ def in_process(authorization: str, repeat: int) -> tuple:
     room, identity = "Test Room", "Participant42"
     ours = WebhookReceiver(TokenVerifier(API_KEY, API_SECRET))
     cases = {
-        ("token", "livekit_auth"): lambda: AccessToken(API_KEY, API_SECRET)
-        .with_identity(identity)
-        .with_grants(VideoGrants(room_join=True, room=room))
-        .to_jwt(),
+        ("token", "livekit_auth"): lambda: (
+            AccessToken(API_KEY, API_SECRET)
+            .with_identity(identity)
+            .with_grants(VideoGrants(room_join=True, room=room))
+            .to_jwt()
+        ),
         ("webhook", "livekit_auth"): lambda: ours.receive(WEBHOOK_BODY, authorization),
     }
     try:
@@ -411,8 +512,8 @@ def in_process(authorization: str, repeat: int) -> tuple:
     theirs = sdk.WebhookReceiver(sdk.TokenVerifier(API_KEY, API_SECRET))
     body_text = WEBHOOK_BODY.decode("utf-8")  # the SDK's receive takes str
     theirs.receive(body_text, authorization)  # raises if the SDK does not accept our webhook
-    cases[("token", name)] = (
-        lambda: sdk.AccessToken(API_KEY, API_SECRET)
+    cases[("token", name)] = lambda: (
+        sdk.AccessToken(API_KEY, API_SECRET)
         .with_identity(identity)
         .with_grants(sdk.VideoGrants(room_join=True, room=room))
         .to_jwt()
@@ -432,7 +533,6 @@ def spread(values: list, fmt: str) -> str:
     return f"{fmt.format(mid)} ({fmt.format(low)}–{fmt.format(high)})"
 
 
-
 def table(results: dict, targets: list) -> list:
     lines = [
         "| target | load | req/s | p50 ms | p99 ms | non-2xx | CPU ms/req |",
@@ -442,7 +542,9 @@ def table(results: dict, targets: list) -> list:
         for load, _, _ in LOADS:
             runs = results[target, load]
             errors = sum(run["socket_errors"] for run in runs)
-            non2xx = str(sum(run["non2xx"] for run in runs)) + (f" ({errors} socket errors)" if errors else "")
+            non2xx = str(sum(run["non2xx"] for run in runs)) + (
+                f" ({errors} socket errors)" if errors else ""
+            )
             lines.append(
                 f"| {target} | {load} | {spread([r['rate'] for r in runs], '{:,.0f}')} "
                 f"| {spread([r['p50'] for r in runs], '{:.2f}')} | {spread([r['p99'] for r in runs], '{:.2f}')} "
@@ -483,8 +585,12 @@ def hs256_claims(token: str) -> dict:
         return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
     header, payload, signature = token.split(".")
-    expected = hmac.new(API_SECRET.encode(), f"{header}.{payload}".encode("ascii"), hashlib.sha256).digest()
-    if json.loads(decode(header)).get("alg") != "HS256" or not hmac.compare_digest(decode(signature), expected):
+    expected = hmac.new(
+        API_SECRET.encode(), f"{header}.{payload}".encode("ascii"), hashlib.sha256
+    ).digest()
+    if json.loads(decode(header)).get("alg") != "HS256" or not hmac.compare_digest(
+        decode(signature), expected
+    ):
         raise RuntimeError(f"not an HS256 token signed with the bench secret: {token[:80]}…")
     claims = json.loads(decode(payload))
     if claims.get("iss") != API_KEY or not claims.get("video", {}).get("roomJoin"):
@@ -500,15 +606,24 @@ def check_answers(service: Service, port: int, authorization: str) -> None:
     token = json.loads(data)["token"]
     if service.signed:
         claims = hs256_claims(token)
-        if claims.get("sub") != "Participant42" or claims.get("video", {}).get("room") != "Test Room":
-            raise RuntimeError(f"{service.name}'s token is not for Participant42 in Test Room: {claims}")
+        if (
+            claims.get("sub") != "Participant42"
+            or claims.get("video", {}).get("room") != "Test Room"
+        ):
+            raise RuntimeError(
+                f"{service.name}'s token is not for Participant42 in Test Room: {claims}"
+            )
     if service.webhook:
         headers = {"Content-Type": "application/webhook+json", "Authorization": authorization}
         status, data = post(port, "/webhook", WEBHOOK_BODY, headers)
         if status != 200:
-            raise RuntimeError(f"{service.name} answered POST /webhook with {status}: {data[:200]!r}")
+            raise RuntimeError(
+                f"{service.name} answered POST /webhook with {status}: {data[:200]!r}"
+            )
         # A webhook without a valid signature must be refused, or the 200 above proves nothing.
-        headers["Authorization"] = authorization[:-4] + ("AAAA" if not authorization.endswith("AAAA") else "BBBB")
+        headers["Authorization"] = authorization[:-4] + (
+            "AAAA" if not authorization.endswith("AAAA") else "BBBB"
+        )
         status, _ = post(port, "/webhook", WEBHOOK_BODY, headers)
         if status < 400:
             raise RuntimeError(f"{service.name} answered a badly signed webhook with {status}")
@@ -526,21 +641,74 @@ def load_rounds(wrk: str, targets: list, rounds: int, duration: int) -> dict:
                 run = run_wrk(wrk, url, script, conns, close, duration)
                 run["cpu_ms"] = (cpu_seconds(proc.pid) - before) * 1000 / max(run["requests"], 1)
                 results.setdefault((name, load), []).append(run)
-                print(f"round {round_number + 1}/{rounds}  {name:18} {load:15} {run['rate']:8,.0f} req/s", file=sys.stderr)
+                print(
+                    f"round {round_number + 1}/{rounds}  {name:18} {load:15} {run['rate']:8,.0f} req/s",
+                    file=sys.stderr,
+                )
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited during the run")
                 time.sleep(PAUSE)
     return results
 
 
-def ratios(results: dict, numerator: str, denominator: str) -> str:
+def ratio(results: dict, numerator: str, denominator: str, load: str) -> float:
+    """Req/s of `numerator` over `denominator` at `load`, the median across rounds."""
     # Runs side by side in the same round share the machine's mood: their
     # ratio is steadier than either number on a noisy machine.
-    parts = []
-    for load, _, _ in LOADS:
-        pairs = zip(results[numerator, load], results[denominator, load])
-        parts.append(f"{load} {statistics.median(a['rate'] / b['rate'] for a, b in pairs):.2f}")
-    return "; ".join(parts)
+    pairs = zip(results[numerator, load], results[denominator, load])
+    return statistics.median(a["rate"] / b["rate"] for a, b in pairs)
+
+
+def ratios(results: dict, numerator: str, denominator: str) -> str:
+    return "; ".join(
+        f"{load} {ratio(results, numerator, denominator, load):.2f}" for load, _, _ in LOADS
+    )
+
+
+# The comparison with the frameworks: (ours, theirs), each logged or not.
+PEER_PAIRS = (
+    ("server", "express"),
+    ("server", "fastapi"),
+    ("server", "express-nolog"),
+    ("server", "fastapi-nolog"),
+    ("server-nolog", "express-nolog"),
+    ("server-nolog", "fastapi-nolog"),
+)
+# (path, load) columns of that comparison.
+PEER_COLUMNS = (
+    ("/token", "1 conn"),
+    ("/token", "8 conns"),
+    ("/token", "64 conns"),
+    ("/webhook", "8 conns"),
+)
+
+
+def peer_table(results: dict, names: set) -> list:
+    """Markdown: this server's req/s over each framework's, logged and not, where both ran."""
+    header = " | ".join(f"{path} {load}" for path, load in PEER_COLUMNS)
+    lines = [f"| req/s ratio | {header} |", "|---|" + "---:|" * len(PEER_COLUMNS)]
+    for ours, theirs in PEER_PAIRS:
+        if theirs not in names:
+            continue
+        cells = [
+            f"{ratio(results, f'{ours} {path}', f'{theirs} {path}', load):.2f}"
+            for path, load in PEER_COLUMNS
+        ]
+        lines.append(f"| {ours} ÷ {theirs} | {' | '.join(cells)} |")
+    return lines
+
+
+def cpu_table(results: dict, names: list) -> list:
+    """Markdown: CPU ms per /token request at 1 and 8 connections, for every target."""
+    loads = ("1 conn", "8 conns")
+    lines = ["| /token, CPU ms/req | " + " | ".join(loads) + " |", "|---|" + "---:|" * len(loads)]
+    for name in names:
+        cells = [
+            spread([run["cpu_ms"] for run in results[f"{name} /token", load]], "{:.3f}")
+            for load in loads
+        ]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    return lines
 
 
 def _interrupt(signum, frame) -> None:
@@ -548,9 +716,13 @@ def _interrupt(signum, frame) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="Benchmark server.py against the stdlib floor with wrk.")
+    parser = argparse.ArgumentParser(
+        description="Benchmark server.py against the stdlib floor with wrk."
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s per wrk run, 1 round")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 2; 1 with --quick)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="interleaved rounds (default 2; 1 with --quick)"
+    )
     parser.add_argument(
         "--baseline",
         metavar="REV",
@@ -571,10 +743,15 @@ def main() -> int:
 
     wrk = shutil.which("wrk")
     if wrk is None:
-        print("wrk is not installed: apt-get install wrk (Debian, Ubuntu), then run again.", file=sys.stderr)
+        print(
+            "wrk is not installed: apt-get install wrk (Debian, Ubuntu), then run again.",
+            file=sys.stderr,
+        )
         return 2
     if not os.path.exists("/proc/self/stat"):
-        print("this benchmark reads /proc for CPU time and memory: run it on Linux.", file=sys.stderr)
+        print(
+            "this benchmark reads /proc for CPU time and memory: run it on Linux.", file=sys.stderr
+        )
         return 2
     # SIGTERM should stop the children too, through the finally below.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -602,6 +779,16 @@ def main() -> int:
                 port_env="SERVER_PORT",
             ),
             Service(
+                "server-nolog",
+                lambda port: [python, "server.py"],
+                REPO,
+                dict(server_env, SERVER_ACCESS_LOG="false"),
+                tmp / "server-nolog.log",
+                "the same with `SERVER_ACCESS_LOG=false`: no line per request",
+                port_env="SERVER_PORT",
+                access_log=False,
+            ),
+            Service(
                 "floor",
                 lambda port: [python, "bench/floor.py", str(port)],
                 REPO,
@@ -610,6 +797,7 @@ def main() -> int:
                 "`python3 bench/floor.py PORT`, no logging",
                 webhook=False,
                 signed=False,
+                access_log=False,
             ),
         ]
         notes = []
@@ -629,22 +817,28 @@ def main() -> int:
                 )
             )
         if args.frameworks:
-            for service, note in (fastapi_service(env, tmp / "fastapi.log"), express_service(env)):
-                if service:
-                    services.append(service)
-                else:
+            for found, note in (fastapi_services(env, tmp), express_services(env, tmp)):
+                services += found
+                if note:
                     notes.append(note)
                     print(note, file=sys.stderr)
         by_name = {service.name: service for service in services}
         # Load targets, in the order of a round: each server's /token next to the floor's, then webhooks.
-        paths = [("/token", name) for name in ("server", "baseline", "floor", "fastapi", "express")]
-        paths += [("/webhook", name) for name in ("server", "baseline", "fastapi", "express")]
-        paths = [(path, name) for path, name in paths if name in by_name]
+        order = ["server", "server-nolog", "baseline", "floor"]
+        order += ["fastapi", "fastapi-nolog", "express", "express-nolog"]
+        paths = [("/token", name) for name in order if name in by_name]
+        paths += [("/webhook", name) for name in order if name in by_name and by_name[name].webhook]
 
         runs = len(LOADS) * len(paths) * rounds
-        estimate = runs * (duration + PAUSE + 0.1) + len(services) * (starts + 1) * 0.3 + 4 * (0.5 + 0.25 * repeat)
+        # About 1 s a cold start: uvicorn takes 1.5 s, a Python server 0.1 s and 0.5 s to stop.
+        estimate = (
+            runs * (duration + PAUSE + 0.1)
+            + len(services) * (starts + 1) * 1.0
+            + 4 * (0.5 + 0.25 * repeat)
+        )
         print(
-            f"about {estimate:.0f} s: {runs} wrk runs of {duration} s, cold starts, in-process timing", file=sys.stderr
+            f"about {estimate:.0f} s: {runs} wrk runs of {duration} s, cold starts, in-process timing",
+            file=sys.stderr,
         )
 
         # A webhook signed as LiveKit signs it, valid for the whole run.
@@ -653,7 +847,9 @@ def main() -> int:
         authorization = AccessToken(API_KEY, API_SECRET).with_sha256(digest).with_ttl(ttl).to_jwt()
         scripts = {
             "/token": lua_script(tmp / "token.lua", "application/json", TOKEN_BODY),
-            "/webhook": lua_script(tmp / "webhook.lua", "application/webhook+json", WEBHOOK_BODY, authorization),
+            "/webhook": lua_script(
+                tmp / "webhook.lua", "application/webhook+json", WEBHOOK_BODY, authorization
+            ),
         }
 
         procs: list = []
@@ -666,7 +862,12 @@ def main() -> int:
                 check_answers(service, running[service.name][1], authorization)
             idle = {name: memory_mib(proc.pid, "VmRSS") for name, (proc, _) in running.items()}
             targets = [
-                (f"{name} {path}", running[name][0], f"http://127.0.0.1:{running[name][1]}{path}", scripts[path])
+                (
+                    f"{name} {path}",
+                    running[name][0],
+                    f"http://127.0.0.1:{running[name][1]}{path}",
+                    scripts[path],
+                )
                 for path, name in paths
             ]
             results = load_rounds(wrk, targets, rounds, duration)
@@ -684,14 +885,20 @@ def main() -> int:
         finally:
             for proc in procs:
                 stop(proc)
-        logs = {service.name: read_log(service.log.read_bytes()) for service in services if service.log}
+        logs = {
+            service.name: read_log(service.log.read_bytes()) for service in services if service.log
+        }
 
     print("in-process timing", file=sys.stderr)
     micro, micro_note = in_process(authorization, repeat)
 
     interpreter = "python3" if sys.executable == python else os.path.relpath(sys.executable, REPO)
-    command = shlex.join([interpreter, os.path.relpath(os.path.abspath(sys.argv[0]), REPO), *sys.argv[1:]])
-    wrk_version = subprocess.run([wrk, "-v"], capture_output=True, text=True, timeout=10).stdout.split(" [")[0]
+    command = shlex.join(
+        [interpreter, os.path.relpath(os.path.abspath(sys.argv[0]), REPO), *sys.argv[1:]]
+    )
+    wrk_version = subprocess.run(
+        [wrk, "-v"], capture_output=True, text=True, timeout=10
+    ).stdout.split(" [")[0]
     names = [service.name for service in services]
     out = [
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
@@ -703,27 +910,47 @@ def main() -> int:
         "",
         *table(results, [target[0] for target in targets]),
         "",
+        "CPU the target process used (utime + stime, all threads) per request wrk completed, "
+        "median (min–max) across rounds:",
+        "",
+        *cpu_table(results, [name for path, name in paths if path == "/token"]),
+        "",
         "Req/s ratios, from runs side by side in the same round and load (median across rounds):",
-        f"- server /token over floor /token: {ratios(results, 'server /token', 'floor /token')}.",
     ]
+    for name in ("server", "server-nolog"):
+        out.append(
+            f"- {name} /token over floor /token: {ratios(results, f'{name} /token', 'floor /token')}."
+        )
     if "baseline" in by_name:
         for path in ("/token", "/webhook"):
-            out.append(f"- server {path} over baseline {path} (new / old): {ratios(results, f'server {path}', f'baseline {path}')}.")
-    for name in ("fastapi", "express"):
-        if name in by_name:
-            for path in ("/token", "/webhook"):
-                out.append(f"- server {path} over {name} {path}: {ratios(results, f'server {path}', f'{name} {path}')}.")
+            out.append(
+                f"- server {path} over baseline {path} (new / old): {ratios(results, f'server {path}', f'baseline {path}')}."
+            )
+    if set(by_name) & {"fastapi", "express"}:
+        out += [
+            "",
+            "This server's req/s over each framework's, median across rounds: with a line per request "
+            "(server as shipped, fastapi with uvicorn's default access log, express with morgan) "
+            "and without (-nolog):",
+            "",
+            *peer_table(results, set(by_name)),
+        ]
     out += [
         "",
         f"- Cold start, process start to first 200 on POST /token, median (min–max) of {starts}: "
         + ", ".join(f"{name} {spread(cold[name], '{:.0f}')} ms" for name in names)
         + f" (interpreter alone, `python3 -c pass`: {spread(cold['interpreter'], '{:.0f}')} ms).",
         "- RSS, idle after start / after load (peak), MiB: "
-        + "; ".join(f"{name} {idle[name]:.1f} / {loaded[name][0]:.1f} ({loaded[name][1]:.1f})" for name in names)
+        + "; ".join(
+            f"{name} {idle[name]:.1f} / {loaded[name][0]:.1f} ({loaded[name][1]:.1f})"
+            for name in names
+        )
         + ".",
     ]
     for kind in ("token", "webhook"):
-        timings = ", ".join(f"{library} {us:.1f} µs" for (k, library), us in micro.items() if k == kind)
+        timings = ", ".join(
+            f"{library} {us:.1f} µs" for (k, library), us in micro.items() if k == kind
+        )
         out.append(f"- In-process, per {kind} (median of {repeat} timeit repeats): {timings}.")
     if micro_note:
         out.append(f"- {micro_note}.")
@@ -731,15 +958,25 @@ def main() -> int:
         f"- {'Server and baseline run' if 'baseline' in by_name else 'Server runs'} under {python} "
         f"with {'the same ' if 'baseline' in by_name else ''}settings: key {API_KEY!r}, "
         f"{len(API_SECRET)}-character secret, rate limit raised to 1,000,000 a minute (burst as many) so it "
-        "never refuses, webhook dedupe off so each event takes the full path; access log on as shipped, "
-        "stdout and stderr to a temporary file, its answers counted by status from the log "
+        "never refuses, webhook dedupe off so each event takes the full path; access log on as shipped "
+        "(server-nolog: SERVER_ACCESS_LOG=false). Every target but the floor writes its stdout and stderr "
+        "to a file of its own in a temporary directory, access lines included; answers counted by status "
+        "from the logs that have access lines "
         "(one 401 per target with a webhook: the check that a badly signed one is refused). "
-        + ("The frameworks sign with the same key and secret. " if set(by_name) & {"fastapi", "express"} else "")
+        + (
+            "The frameworks sign with the same key and secret. "
+            if set(by_name) & {"fastapi", "express"}
+            else ""
+        )
         + f"Webhook: a signed participant_joined event of {len(WEBHOOK_BODY)} bytes; "
         "livekit-api's receive also parses it into a protobuf WebhookEvent."
     )
     for service in services:
-        log_text = f" Log: {describe_log(logs[service.name])}." if service.name in logs else ""
+        log_text = (
+            f" Log: {describe_log(logs[service.name], service.access_log)}."
+            if service.name in logs
+            else ""
+        )
         out.append(f"- {service.name}: {service.what}.{log_text}")
     for note in notes:
         out.append(f"- {note}.")

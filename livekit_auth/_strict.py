@@ -54,7 +54,9 @@ def _object_without_duplicates(pairs: list) -> dict:
 
 
 _DECODER = json.JSONDecoder(
-    object_pairs_hook=_object_without_duplicates, parse_constant=_finite_float, parse_float=_finite_float
+    object_pairs_hook=_object_without_duplicates,
+    parse_constant=_finite_float,
+    parse_float=_finite_float,
 )
 
 # Deeper than any LiveKit message; shallow enough that code walking the result
@@ -65,14 +67,17 @@ MAX_JSON_DEPTH = 64
 def _deeper_than(value: object, limit: int) -> bool:
     # `value` is a dict or a list; the recursion goes at most `limit` calls deep.
     children = value.values() if type(value) is dict else value
-    return limit < 1 or any(_deeper_than(child, limit - 1) for child in children if type(child) in (dict, list))
+    return limit < 1 or any(
+        _deeper_than(child, limit - 1) for child in children if type(child) in (dict, list)
+    )
 
 
 def loads_object(data: bytes) -> dict:
     """Parse UTF-8 JSON text (RFC 8259) whose top level must be an object.
 
-    Raises ValueError whose message is the rule broken: "is not UTF-8", "is not valid JSON", "has a duplicate key",
-    "has NaN or Infinity", "has an unpaired surrogate", "is nested too deeply", "is not a JSON object".
+    Raises ValueError whose message is the rule broken: "is not UTF-8", "is not valid JSON", "has a
+    duplicate key", "has NaN or Infinity", "has an unpaired surrogate", "is nested too deeply", "is
+    not a JSON object".
     """
     try:
         text = data.decode("utf-8")  # strictly UTF-8: json.loads would also take UTF-16 and UTF-32
@@ -88,7 +93,9 @@ def loads_object(data: bytes) -> dict:
         raise ValueError("has an unpaired surrogate") from None
     except _Refused as refused:
         raise ValueError(str(refused)) from None
-    except ValueError:  # JSONDecodeError, and int() of more than sys.get_int_max_str_digits() digits
+    except (
+        ValueError
+    ):  # JSONDecodeError, and int() of more than sys.get_int_max_str_digits() digits
         raise ValueError("is not valid JSON") from None
     if type(value) is not dict:
         raise ValueError("is not a JSON object")

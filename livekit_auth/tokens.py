@@ -13,7 +13,7 @@ import hmac
 import json
 import math
 import time
-from typing import Optional, Tuple
+from typing import List, Optional
 
 from ._strict import b64url_encode, dumps_compact
 
@@ -27,34 +27,57 @@ _HEADER_SEGMENT = b64url_encode(b'{"alg":"HS256","typ":"JWT"}')
 # Wire names of the video grant, in the SDK's field order. One explicit table,
 # used both ways: for writing tokens and for reading them back.
 VIDEO_WIRE_NAMES = {
-    "room_create": "roomCreate", "room_list": "roomList", "room_record": "roomRecord", "room_admin": "roomAdmin",
-    "room_join": "roomJoin", "room": "room", "destination_room": "destinationRoom", "can_publish": "canPublish",
-    "can_subscribe": "canSubscribe", "can_publish_data": "canPublishData", "can_publish_sources": "canPublishSources",
-    "can_update_own_metadata": "canUpdateOwnMetadata", "ingress_admin": "ingressAdmin", "hidden": "hidden",
-    "recorder": "recorder", "agent": "agent", "can_manage_agent_session": "canManageAgentSession",
+    "room_create": "roomCreate",
+    "room_list": "roomList",
+    "room_record": "roomRecord",
+    "room_admin": "roomAdmin",
+    "room_join": "roomJoin",
+    "room": "room",
+    "destination_room": "destinationRoom",
+    "can_publish": "canPublish",
+    "can_subscribe": "canSubscribe",
+    "can_publish_data": "canPublishData",
+    "can_publish_sources": "canPublishSources",
+    "can_update_own_metadata": "canUpdateOwnMetadata",
+    "ingress_admin": "ingressAdmin",
+    "hidden": "hidden",
+    "recorder": "recorder",
+    "agent": "agent",
+    "can_manage_agent_session": "canManageAgentSession",
     "can_subscribe_metrics": "canSubscribeMetrics",
 }
 
 
 # (type, None allowed) for each annotation, a string under `from __future__ import annotations`.
 _TYPES = {
-    "bool": (bool, False), "str": (str, False), "Optional[bool]": (bool, True), "Optional[str]": (str, True),
-    "Optional[Tuple[str, ...]]": (tuple, True),
+    "bool": (bool, False),
+    "str": (str, False),
+    "Optional[bool]": (bool, True),
+    "Optional[str]": (str, True),
+    "Optional[List[str]]": (list, True),
 }
 
 
+def _has_type(value: object, kind: type, optional: bool) -> bool:
+    if value is None:
+        return optional
+    if kind is list:
+        # A list of strings; a tuple of strings too, which the SDK also writes as a JSON array.
+        return type(value) in (list, tuple) and all(type(item) is str for item in value)
+    return type(value) is kind
+
+
 def _check_fields(grants: object) -> None:
-    """Check each field's type exactly (True is not a str, 1 is not a bool); None only where Optional."""
-    for name, annotation in type(grants).__annotations__.items():  # the dataclass's fields, in order
+    """Check each field's type exactly (True is not a str); None only where Optional."""
+    # The dataclass's fields, in order.
+    for name, annotation in type(grants).__annotations__.items():
         kind, optional = _TYPES[annotation]
-        value = getattr(grants, name)
-        if not (value is None and optional) and (
-            type(value) is not kind or kind is tuple and not all(type(item) is str for item in value)
-        ):
+        if not _has_type(getattr(grants, name), kind, optional):
             raise ValueError(f"grant field {name} has the wrong type")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+# Grants are mutable, as the SDK's: checked when built, and again by to_wire when a token is signed.
+@dataclasses.dataclass(kw_only=True)
 class VideoGrants:
     """Permissions in LiveKit's `video` claim. Defaults are the SDK's."""
 
@@ -69,7 +92,7 @@ class VideoGrants:
     can_subscribe: bool = True
     can_publish_data: bool = True
     # When set, only these track sources ("camera", "microphone", ...) may be published.
-    can_publish_sources: Optional[Tuple[str, ...]] = None
+    can_publish_sources: Optional[List[str]] = None
     can_update_own_metadata: Optional[bool] = None
     ingress_admin: Optional[bool] = None
     hidden: Optional[bool] = None
@@ -79,22 +102,27 @@ class VideoGrants:
     can_subscribe_metrics: Optional[bool] = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.can_publish_sources, list):
-            object.__setattr__(self, "can_publish_sources", tuple(self.can_publish_sources))
         _check_fields(self)
 
     def to_wire(self) -> dict:
-        """The claim as the SDK writes it: camelCase, None and "" left out."""
+        """The claim as the SDK writes it: camelCase, None and "" left out. Raises ValueError."""
+        _check_fields(self)
         values = {wire: getattr(self, name) for name, wire in VIDEO_WIRE_NAMES.items()}
-        return {wire: list(v) if type(v) is tuple else v for wire, v in values.items() if v is not None and v != ""}
+        return {
+            wire: list(v) if type(v) is tuple else v
+            for wire, v in values.items()
+            if v is not None and v != ""
+        }
 
     @classmethod
     def from_wire(cls, claim: dict) -> "VideoGrants":
         """Read a `video` claim; unknown names are ignored, as LiveKit does. Raises ValueError."""
-        return cls(**{name: claim[wire] for name, wire in VIDEO_WIRE_NAMES.items() if wire in claim})
+        return cls(
+            **{name: claim[wire] for name, wire in VIDEO_WIRE_NAMES.items() if wire in claim}
+        )
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(kw_only=True)
 class SIPGrants:
     """Permissions in LiveKit's `sip` claim."""
 
@@ -105,6 +133,7 @@ class SIPGrants:
         _check_fields(self)
 
     def to_wire(self) -> dict:
+        _check_fields(self)
         return {"admin": self.admin, "call": self.call}
 
     @classmethod
@@ -118,12 +147,40 @@ def _require_str(value: object, what: str) -> str:
     return value
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Claims:
-    """What a token says: AccessToken.claims while one is built, and what TokenVerifier.verify returns.
+def _require_grants(grants: object, kind: type) -> object:
+    if not isinstance(grants, kind):
+        raise ValueError(f"grants must be {kind.__name__}")
+    return grants
 
-    The SDK's field names; room_config is the JSON object. Unset claims read as these defaults, except that
-    verify reads absent attributes as {}; only verify sets issuer, not_before, expires_at and payload.
+
+def _copy_attributes(attributes: object) -> dict:
+    """A copy of `attributes`, which must be a dict of strings to strings. Raises ValueError."""
+    is_dict = type(attributes) is dict
+    if not is_dict or not all(type(k) is str and type(v) is str for k, v in attributes.items()):
+        raise ValueError("attributes must be a dict of strings to strings")
+    return dict(attributes)
+
+
+def _copy_room_config(config: object) -> dict:
+    """A copy of `config`, which must be a JSON object, made through JSON. Raises ValueError."""
+    if type(config) is not dict:
+        raise ValueError("room config must be a JSON object")
+    try:
+        # A copy through JSON: later changes to `config` do not reach the
+        # token, and what cannot be written as JSON fails here.
+        return json.loads(dumps_compact(config))
+    except (TypeError, ValueError, RecursionError):
+        raise ValueError("room config must hold only JSON values, nested within reason") from None
+
+
+@dataclasses.dataclass(kw_only=True)
+class Claims:
+    """What a token says: AccessToken.claims while built, and what TokenVerifier.verify returns.
+
+    The SDK's field names, and mutable like its Claims. A builder's room_config is the JSON object;
+    verify gives a RoomConfiguration read by attribute (None when absent or empty, as the SDK) and
+    reads absent attributes as {}. Unset claims read as these defaults; only verify sets issuer,
+    not_before, expires_at and payload.
     """
 
     identity: str = ""
@@ -135,7 +192,7 @@ class Claims:
     attributes: Optional[dict] = None
     sha256: str = ""
     room_preset: str = ""
-    room_config: Optional[dict] = None
+    room_config: Optional[object] = None  # a dict in a builder, a RoomConfiguration from verify
     issuer: str = ""
     not_before: Optional[int] = None
     expires_at: Optional[int] = None
@@ -144,15 +201,43 @@ class Claims:
 
 # Claims fields to_jwt writes before sub, iss, nbf and exp: the SDK's order, and their wire names.
 _PAYLOAD_ORDER = (
-    ("name", "name"), ("kind", "kind"), ("metadata", "metadata"), ("video", "video"), ("sip", "sip"),
-    ("attributes", "attributes"), ("sha256", "sha256"), ("room_preset", "roomPreset"), ("room_config", "roomConfig"),
+    ("name", "name"),
+    ("kind", "kind"),
+    ("metadata", "metadata"),
+    ("video", "video"),
+    ("sip", "sip"),
+    ("attributes", "attributes"),
+    ("sha256", "sha256"),
+    ("room_preset", "roomPreset"),
+    ("room_config", "roomConfig"),
 )
+
+# Claims fields to_jwt writes as strings when set; None and "" are left out, as by the SDK.
+_STRING_FIELDS = ("name", "kind", "metadata", "sha256", "room_preset")
+
+
+def _check_claims_to_sign(claims: Claims) -> None:
+    """Check what to_jwt writes as the with_* calls check it, for claims set directly."""
+    _require_str(claims.identity, "identity")
+    for field in _STRING_FIELDS:
+        value = getattr(claims, field)
+        if value is not None:
+            _require_str(value, field)
+    if claims.video is not None:
+        _require_grants(claims.video, VideoGrants)
+    if claims.sip is not None:
+        _require_grants(claims.sip, SIPGrants)
+    if claims.attributes is not None:
+        _copy_attributes(claims.attributes)
+    if claims.room_config is not None:
+        _copy_room_config(claims.room_config)
 
 
 class AccessToken:
-    """Builds one access token: chain the with_* calls (each checks its argument's type: ValueError), then to_jwt()."""
+    """Builds one access token: with_* calls (ValueError for a wrong type), then to_jwt()."""
 
-    # As in the SDK, `claims` reads what the with_* calls set, and `ttl` is the lifetime.
+    # As in the SDK, the with_* calls set fields of `claims`, which code may also set directly
+    # (to_jwt checks them all), and `ttl` is the lifetime.
 
     def __init__(self, api_key: str, api_secret: str) -> None:
         # Unlike the SDK, no fallback to environment variables: the caller decides.
@@ -161,20 +246,19 @@ class AccessToken:
         self.api_key = api_key
         self._secret = api_secret.encode("utf-8")
         self.ttl = DEFAULT_TTL
-        self._claims: dict = {}  # Claims field -> value, as set by the with_* calls
-
-    @property
-    def claims(self) -> Claims:
-        """What the with_* calls set so far, as a frozen Claims; the others read as its defaults."""
-        return Claims(**self._claims)
+        self.claims = Claims()
 
     @property
     def identity(self) -> str:
         """The identity (sub claim), as the SDK's AccessToken.identity; also in claims.identity."""
-        return self._claims.get("identity", "")
+        return self.claims.identity
+
+    @identity.setter
+    def identity(self, identity: str) -> None:
+        self.claims.identity = identity
 
     def _set(self, field: str, value: object) -> "AccessToken":
-        self._claims[field] = value
+        setattr(self.claims, field, value)
         return self
 
     def with_identity(self, identity: str) -> "AccessToken":
@@ -190,25 +274,20 @@ class AccessToken:
         return self._set("metadata", _require_str(metadata, "metadata"))
 
     def with_attributes(self, attributes: dict) -> "AccessToken":
-        if type(attributes) is not dict or not all(type(k) is str and type(v) is str for k, v in attributes.items()):
-            raise ValueError("attributes must be a dict of strings to strings")
-        return self._set("attributes", dict(attributes))
+        return self._set("attributes", _copy_attributes(attributes))
 
     def with_ttl(self, ttl: datetime.timedelta) -> "AccessToken":
-        if not isinstance(ttl, datetime.timedelta) or ttl.total_seconds() < 1:
-            raise ValueError("ttl must be a timedelta of at least one second")
+        # Any length, as in the SDK: zero or less makes a token that has already expired.
+        if not isinstance(ttl, datetime.timedelta):
+            raise ValueError("ttl must be a timedelta")
         self.ttl = ttl
         return self
 
     def with_grants(self, grants: VideoGrants) -> "AccessToken":
-        if not isinstance(grants, VideoGrants):
-            raise ValueError("grants must be VideoGrants")
-        return self._set("video", grants)
+        return self._set("video", _require_grants(grants, VideoGrants))
 
     def with_sip_grants(self, grants: SIPGrants) -> "AccessToken":
-        if not isinstance(grants, SIPGrants):
-            raise ValueError("grants must be SIPGrants")
-        return self._set("sip", grants)
+        return self._set("sip", _require_grants(grants, SIPGrants))
 
     def with_sha256(self, sha256: str) -> "AccessToken":
         return self._set("sha256", _require_str(sha256, "sha256"))
@@ -220,32 +299,27 @@ class AccessToken:
         """A RoomConfiguration as a JSON object (agent dispatch lives here), written as given."""
         # LiveKit Server reads it with protojson, which takes both snake_case and
         # camelCase names; it is not converted, since map keys inside must stay as they are.
-        if type(config) is not dict:
-            raise ValueError("room config must be a JSON object")
-        try:
-            # A copy through JSON: later changes to `config` do not reach the
-            # token, and what cannot be written as JSON fails here.
-            return self._set("room_config", json.loads(dumps_compact(config)))
-        except (TypeError, ValueError, RecursionError):
-            raise ValueError("room config must hold only JSON values, nested within reason") from None
+        return self._set("room_config", _copy_room_config(config))
 
     def to_jwt(self, *, now: Optional[float] = None) -> str:
         """Sign the claims with HS256. `now` (Unix seconds) defaults to the system clock.
 
-        Raises ValueError when the grant joins a room without an identity or a room.
+        Raises ValueError when a claim has the wrong type, or when the grant joins a room
+        without an identity or a room.
         """
         now = time.time() if now is None else now
-        claims, identity = self._claims, self._claims.get("identity", "")
-        video = claims.get("video")
-        if video is not None and video.room_join and (not identity or not video.room):
+        claims = self.claims
+        _check_claims_to_sign(claims)
+        video = claims.video
+        if video is not None and video.room_join and (not claims.identity or not video.room):
             raise ValueError("identity and room must be set when joining a room")
-        # The payload in the SDK's key order, leaving out unset claims and "" as it does.
+        # The payload in the SDK's key order, leaving out unset claims (None) and "" as it does.
         payload = {}
         for field, wire in _PAYLOAD_ORDER:
-            value = claims.get(field, "")
-            if value != "":
+            value = getattr(claims, field)
+            if value is not None and value != "":
                 payload[wire] = value.to_wire() if field in ("video", "sip") else value
-        payload.update(sub=identity, iss=self.api_key, nbf=math.floor(now))
+        payload.update(sub=claims.identity, iss=self.api_key, nbf=math.floor(now))
         payload["exp"] = math.floor(now + self.ttl.total_seconds())
         signing_input = f"{_HEADER_SEGMENT}.{b64url_encode(dumps_compact(payload).encode('ascii'))}"
         signature = hmac.digest(self._secret, signing_input.encode("ascii"), "sha256")

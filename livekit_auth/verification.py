@@ -10,6 +10,7 @@ from typing import Callable, Mapping, Optional
 from ._strict import b64url_decode, loads_object
 from .errors import BadSignature, MalformedToken, TokenExpired, TokenNotYetValid, WrongIssuer
 from .tokens import Claims, SIPGrants, VideoGrants
+from .webhook import _Message, _message
 
 # LiveKit's own leeway for clock skew between the token's minter and its reader.
 DEFAULT_LEEWAY = datetime.timedelta(minutes=1)
@@ -19,12 +20,47 @@ DEFAULT_LEEWAY = datetime.timedelta(minutes=1)
 MAX_TOKEN_LENGTH = 64 * 1024
 
 # Grant claims of livekit-api 1.2; video and sip are read into Claims, the others stay in payload.
-_GRANT_CLAIMS = ("video", "sip", "inference", "observability", "agent", "agentEndpoint", "agentThread")
+_GRANT_CLAIMS = (
+    "video",
+    "sip",
+    "inference",
+    "observability",
+    "agent",
+    "agentEndpoint",
+    "agentThread",
+)
 # The SDK reads these three as absent when null, and fails on null for the others.
 _NULLABLE_GRANT_CLAIMS = ("agent", "agentEndpoint", "agentThread")
 
 # Claims whose type LiveKit fixes, read into Claims when present.
 _STRING_CLAIMS = ("sub", "name", "kind", "metadata", "sha256", "roomPreset", "jti")
+
+
+class _ClaimMessage(_Message):
+    """A message in a token's roomConfig claim: a field of the wrong type raises MalformedToken."""
+
+    _error_class = MalformedToken
+    _source = "roomConfig"
+
+
+# livekit-api 1.2's RoomConfiguration (livekit_room.proto; egress only in to_dict()) and its
+# RoomAgentDispatch (livekit_agent_dispatch.proto), read by attribute as WebhookEvent is.
+_RoomAgentDispatch = _message(
+    "RoomAgentDispatch",
+    "agent_name metadata deployment",
+    base=_ClaimMessage,
+    restart_policy="JRP_ON_FAILURE",
+    attributes=dict,
+)
+_RoomConfiguration = _message(
+    "RoomConfiguration",
+    "name metadata",
+    "empty_timeout departure_timeout max_participants min_playout_delay max_playout_delay",
+    base=_ClaimMessage,
+    sync_streams=False,
+    agents=[_RoomAgentDispatch],
+    tags=dict,
+)
 
 
 def _numeric_date(payload: dict, name: str) -> Optional[int]:
@@ -58,8 +94,13 @@ class TokenVerifier:
     """
 
     def __init__(
-        self, api_key: str = "", api_secret: str = "", *, keys: Optional[Mapping[str, str]] = None,
-        leeway: datetime.timedelta = DEFAULT_LEEWAY, clock: Callable[[], float] = time.time,
+        self,
+        api_key: str = "",
+        api_secret: str = "",
+        *,
+        keys: Optional[Mapping[str, str]] = None,
+        leeway: datetime.timedelta = DEFAULT_LEEWAY,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         pairs = dict(keys or {})
         if api_key or api_secret:
@@ -76,11 +117,12 @@ class TokenVerifier:
     def verify(self, token: str, *, now: Optional[float] = None) -> Claims:
         """Verify an access token and return its claims.
 
-        Checked, in this order: three canonical base64url segments; the HS256 MAC over the exact bytes received,
-        in constant time, before any JSON is read; the header is a JSON object with alg exactly "HS256" and no
-        crit or b64 and a string kid if any; the payload is a JSON object; iss is the key whose secret matched;
-        exp is present, an integer and not past (with leeway); nbf and iat, when present, integers and not in
-        the future (with leeway); no aud; LiveKit's claims have their types.
+        Checked, in this order: three canonical base64url segments; the HS256 MAC over the exact
+        bytes received, in constant time, before any JSON is read; the header is a JSON object
+        with alg exactly "HS256" and no crit or b64 and a string kid if any; the payload is a JSON
+        object; iss is the key whose secret matched; exp is present, an integer and not past (with
+        leeway); nbf and iat, when present, integers and not in the future (with leeway); no aud;
+        LiveKit's claims have their types.
 
         Raises a LiveKitAuthError subclass, and nothing else, for any input.
         """
@@ -91,12 +133,17 @@ class TokenVerifier:
         segments = token.split(".")
         if len(segments) != 3:
             raise MalformedToken("token must have three dot-separated segments")
-        header_raw, payload_raw, signature = map(_decode_segment, segments, ("header", "payload", "signature"))
+        header_raw, payload_raw, signature = map(
+            _decode_segment, segments, ("header", "payload", "signature")
+        )
 
         # Segments are canonical base64url, hence ASCII: this is the exact input that was signed.
         signing_input = token[: len(segments[0]) + 1 + len(segments[1])].encode("ascii")
-        signed_by = [key for key, secret in self._secrets.items()
-                     if hmac.compare_digest(hmac.digest(secret, signing_input, "sha256"), signature)]
+        signed_by = [
+            key
+            for key, secret in self._secrets.items()
+            if hmac.compare_digest(hmac.digest(secret, signing_input, "sha256"), signature)
+        ]
         if not signed_by:
             raise BadSignature("token signature does not match")
 
@@ -116,7 +163,8 @@ class TokenVerifier:
             raise WrongIssuer("token issuer is not the API key that signed it")
         return self._check_claims(payload, issuer, self._clock() if now is None else now)
 
-    def _check_claims(self, payload: dict, issuer: str, now: float) -> Claims:
+    def _check_times(self, payload: dict, now: float) -> tuple:
+        """(exp, nbf) of a token that is valid at `now`, within the leeway; nbf may be None."""
         expires_at = _numeric_date(payload, "exp")
         if expires_at is None:
             raise MalformedToken("token has no exp claim")
@@ -128,10 +176,13 @@ class TokenVerifier:
             raise TokenNotYetValid("token is not valid yet (nbf)")
         if issued_at is not None and issued_at > now + self._leeway:
             raise TokenNotYetValid("token is not valid yet (iat)")
+        return expires_at, not_before
+
+    def _check_claims(self, payload: dict, issuer: str, now: float) -> Claims:
+        expires_at, not_before = self._check_times(payload, now)
         # LiveKit tokens have no audience; PyJWT rejects one it was not told to expect.
         if "aud" in payload:
             raise MalformedToken("token has an aud claim")
-
         for name in _STRING_CLAIMS:
             if name in payload and type(payload[name]) is not str:
                 raise MalformedToken(f"{name} claim must be a string")
@@ -141,7 +192,9 @@ class TokenVerifier:
         room_config = payload.get("roomConfig")
         if room_config is not None and type(room_config) is not dict:
             raise MalformedToken("roomConfig claim must be an object")
-        # Grant claims are objects, as the SDK requires; so video and sip, when present, are dicts here.
+        # As the SDK: None when absent or empty, else read by attribute (fields checked when read).
+        room_config = _RoomConfiguration(room_config) if room_config else None
+        # Grant claims are objects, as the SDK requires: video and sip, when present, are dicts.
         for name in _GRANT_CLAIMS:
             value = payload.get(name, {})
             if type(value) is not dict and not (value is None and name in _NULLABLE_GRANT_CLAIMS):
@@ -153,8 +206,18 @@ class TokenVerifier:
             raise MalformedToken("token grants have a field of the wrong type") from None
 
         return Claims(
-            identity=payload.get("sub", ""), name=payload.get("name", ""), kind=payload.get("kind", ""),
-            metadata=payload.get("metadata", ""), video=video, sip=sip, attributes=attributes,
-            sha256=payload.get("sha256", ""), room_preset=payload.get("roomPreset", ""), room_config=room_config,
-            issuer=issuer, not_before=not_before, expires_at=expires_at, payload=payload,
+            identity=payload.get("sub", ""),
+            name=payload.get("name", ""),
+            kind=payload.get("kind", ""),
+            metadata=payload.get("metadata", ""),
+            video=video,
+            sip=sip,
+            attributes=attributes,
+            sha256=payload.get("sha256", ""),
+            room_preset=payload.get("roomPreset", ""),
+            room_config=room_config,
+            issuer=issuer,
+            not_before=not_before,
+            expires_at=expires_at,
+            payload=payload,
         )

@@ -61,11 +61,6 @@ def webhook_authorization(
     return token.to_jwt(now=now)
 
 
-def _with_lists(grants: dict) -> dict:
-    # Ours keeps can_publish_sources as a tuple (frozen value), the SDK as a list.
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in grants.items()}
-
-
 def sdk_view(claims: api.Claims) -> dict:
     """What the SDK's verifier read from a token, in a shape comparable with our_view."""
     return {
@@ -90,12 +85,12 @@ def our_view(claims: la.Claims) -> dict:
         "name": claims.name,
         "kind": claims.kind,
         "metadata": claims.metadata,
-        "video": _with_lists(dataclasses.asdict(claims.video or la.VideoGrants())),
+        "video": dataclasses.asdict(claims.video or la.VideoGrants()),
         "sip": dataclasses.asdict(claims.sip or la.SIPGrants()),
         "attributes": claims.attributes,
         "sha256": claims.sha256,
         "room_preset": claims.room_preset,
-        "room_config": claims.room_config,
+        "room_config": None if claims.room_config is None else claims.room_config.to_dict(),
     }
 
 
@@ -144,16 +139,44 @@ def mutate_text(rng: random.Random, text: str, huge: int) -> object:
         return rng.choice((" ", "\n", "\t", "\r\n")) + text + rng.choice(("", " ", "\n"))
     if kind == 10:  # not a str
         return rng.choice(
-            (None, text.encode("utf-8", "surrogatepass"), bytearray(b"x.y.z"), 0, 1.5, [text], {"t": text})
+            (
+                None,
+                text.encode("utf-8", "surrogatepass"),
+                bytearray(b"x.y.z"),
+                0,
+                1.5,
+                [text],
+                {"t": text},
+            )
         )
     return text  # unchanged: the valid input still verifies
 
 
 # Bytes a JSON mutation may insert: syntax, number edge cases, escapes, non-UTF-8.
 _JSON_SNIPPETS = (
-    b"[", b"]", b"{", b"}", b",", b":", b'"', b"\\", b"NaN", b"-Infinity", b"1e999",
-    b"-0", b"9" * 5000, b"true", b"null", b'"\\ud800"', b'"\\udc00"', b"\xff", b"\xc3",
-    b"\xef\xbb\xbf", b"\x00", b" ", b"[" * 3000,
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b",",
+    b":",
+    b'"',
+    b"\\",
+    b"NaN",
+    b"-Infinity",
+    b"1e999",
+    b"-0",
+    b"9" * 5000,
+    b"true",
+    b"null",
+    b'"\\ud800"',
+    b'"\\udc00"',
+    b"\xff",
+    b"\xc3",
+    b"\xef\xbb\xbf",
+    b"\x00",
+    b" ",
+    b"[" * 3000,
 )
 
 
@@ -172,8 +195,26 @@ def mutate_bytes(rng: random.Random, data: bytes) -> bytes:
 
 # Values a claim may be replaced with: every JSON type, and the near misses.
 JSON_VALUES = (
-    None, True, False, 0, 1, -1, 2**63, 10**30, 1.5, 1e300, "", "x", "1735689600",
-    "\ud800", [], ["camera"], [1], {}, {"a": 1}, {"a": "b"},
+    None,
+    True,
+    False,
+    0,
+    1,
+    -1,
+    2**63,
+    10**30,
+    1.5,
+    1e300,
+    "",
+    "x",
+    "1735689600",
+    "\ud800",
+    [],
+    ["camera"],
+    [1],
+    {},
+    {"a": 1},
+    {"a": "b"},
 )
 
 

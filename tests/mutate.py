@@ -53,45 +53,96 @@ class Target:
 
 
 TARGETS = {
-    "verification": Target("livekit_auth/verification.py", None,
-                           ("tests/test_verification.py", "tests/test_tokens.py", "tests/test_webhook.py"), 60),
-    "webhook": Target("livekit_auth/webhook.py", None,
-                      ("tests/test_webhook.py", "tests/test_parity.py", "tests/test_verification.py"), 60),
-    "read_head": Target("server.py", ("_StrictHandler.read_head",),
-                        ("tests/test_adversarial.py", "tests/test_runner.py"), 180),
-    "read_body": Target("server.py", ("read_body",), ("tests/test_app.py", "tests/test_adversarial.py"), 180),
+    "verification": Target(
+        "livekit_auth/verification.py",
+        None,
+        ("tests/test_verification.py", "tests/test_tokens.py", "tests/test_webhook.py"),
+        60,
+    ),
+    "webhook": Target(
+        "livekit_auth/webhook.py",
+        None,
+        ("tests/test_webhook.py", "tests/test_parity.py", "tests/test_verification.py"),
+        60,
+    ),
+    "read_head": Target(
+        "server.py",
+        ("_StrictHandler.read_head",),
+        ("tests/test_adversarial.py", "tests/test_runner.py"),
+        180,
+    ),
+    "read_body": Target(
+        "server.py", ("read_body",), ("tests/test_app.py", "tests/test_adversarial.py"), 180
+    ),
 }
 
 # Survivors that cannot change behaviour: (file, scope, mutation, occurrence) -> why; see Mutant.key.
 EQUIVALENT = {
-    ("livekit_auth/webhook.py", "<module>", "constant: 'WebhookEvent' -> 'XXWebhookEventXX'", 0):
-        "the __name__ of the class _message() builds; the public WebhookEvent subclasses it under its own name, "
-        "so the string shows only in WebhookEvent.__bases__",
-    ("livekit_auth/webhook.py", "_field", "constant: '' -> 'XXXX'", 0):
-        "the separator that joins the words after the first '_' of a field name; no field in the tables has two "
-        "'_', so it joins one word and is never written",
-    ("livekit_auth/webhook.py", "WebhookReceiver.read_event", "constant: '' -> 'XXXX'", 0):
-        'the default of event.get("id", ""), which is only checked to be a str; "XXXX" is one too',
-    ("server.py", "_StrictHandler.read_head", "constant: 0 -> 1", 2):
-        "where _CONTROL.search starts in a header line; byte 0 is a token character, checked by _FIELD_NAME.match "
-        "on the line above",
+    (
+        "livekit_auth/webhook.py",
+        "<module>",
+        "constant: 'WebhookEvent' -> 'XXWebhookEventXX'",
+        0,
+    ): "the __name__ of the class _message() builds; the public WebhookEvent subclasses it under its own name, "
+    "so the string shows only in WebhookEvent.__bases__",
+    (
+        "livekit_auth/webhook.py",
+        "_field",
+        "constant: '' -> 'XXXX'",
+        0,
+    ): "the separator that joins the words after the first '_' of a field name; no field in the tables has two "
+    "'_', so it joins one word and is never written",
+    (
+        "livekit_auth/webhook.py",
+        "WebhookReceiver.read_event",
+        "constant: '' -> 'XXXX'",
+        0,
+    ): 'the default of event.get("id", ""), which is only checked to be a str; "XXXX" is one too',
+    (
+        "server.py",
+        "_StrictHandler.read_head",
+        "constant: 0 -> 1",
+        2,
+    ): "where _CONTROL.search starts in a header line; byte 0 is a token character, checked by _FIELD_NAME.match "
+    "on the line above",
 }
 
 # Mutants that break every token, or every request: each must be killed, or the harness does not exercise mutants.
-_MAC = "comprehension if: hmac.compare_digest(hmac.digest(secret, signing_input, 'sha256'), signature)"
+_MAC = (
+    "comprehension if: hmac.compare_digest(hmac.digest(secret, signing_input, 'sha256'), signature)"
+)
 SANITY = [
-    ("livekit_auth/verification.py", f"{_MAC} -> True", "the MAC comparison always true: any signature passes"),
-    ("livekit_auth/verification.py", f"{_MAC} -> False", "the MAC comparison always false: no token passes"),
-    ("server.py", "if condition: size > MAX_HEAD_BYTES -> True", "every request refused as too large"),
+    (
+        "livekit_auth/verification.py",
+        f"{_MAC} -> True",
+        "the MAC comparison always true: any signature passes",
+    ),
+    (
+        "livekit_auth/verification.py",
+        f"{_MAC} -> False",
+        "the MAC comparison always false: no token passes",
+    ),
+    (
+        "server.py",
+        "if condition: size > MAX_HEAD_BYTES -> True",
+        "every request refused as too large",
+    ),
 ]
 
 
 # --- Mutations -------------------------------------------------------------------------------------
 
 SWAPS = {
-    ast.Eq: (ast.NotEq,), ast.NotEq: (ast.Eq,), ast.Lt: (ast.LtE, ast.GtE), ast.LtE: (ast.Lt, ast.Gt),
-    ast.Gt: (ast.GtE, ast.LtE), ast.GtE: (ast.Gt, ast.Lt), ast.Is: (ast.IsNot,), ast.IsNot: (ast.Is,),
-    ast.In: (ast.NotIn,), ast.NotIn: (ast.In,),
+    ast.Eq: (ast.NotEq,),
+    ast.NotEq: (ast.Eq,),
+    ast.Lt: (ast.LtE, ast.GtE),
+    ast.LtE: (ast.Lt, ast.Gt),
+    ast.Gt: (ast.GtE, ast.LtE),
+    ast.GtE: (ast.Gt, ast.Lt),
+    ast.Is: (ast.IsNot,),
+    ast.IsNot: (ast.Is,),
+    ast.In: (ast.NotIn,),
+    ast.NotIn: (ast.In,),
 }
 ARITHMETIC = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult}
 
@@ -109,9 +160,13 @@ def _skipped(tree: ast.AST) -> set:
     skipped = set()
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
-                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             skipped.add(body[0].value)
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns:
             skipped.add(node.returns)
@@ -129,18 +184,25 @@ def _roots(tree: ast.Module, functions: Optional[tuple]) -> list:
     for qualified in functions:
         scope: list = tree.body
         for part in qualified.split("."):
-            node = next(n for n in scope if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == part)
+            node = next(
+                n
+                for n in scope
+                if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == part
+            )
             scope = node.body
         roots.append(node)
     return roots
 
 
-def _replacer(parent: ast.AST, field: str, index: Optional[int], new: ast.AST) -> Callable[[], None]:
+def _replacer(
+    parent: ast.AST, field: str, index: Optional[int], new: ast.AST
+) -> Callable[[], None]:
     def apply() -> None:
         if index is None:
             setattr(parent, field, new)
         else:
             getattr(parent, field)[index] = new
+
     return apply
 
 
@@ -170,8 +232,13 @@ def sites(tree: ast.Module, functions: Optional[tuple]) -> list:
                 continue
             here = []
             for field, value in ast.iter_fields(parent):
-                children = [(None, value)] if isinstance(value, ast.AST) else list(enumerate(value)) \
-                    if isinstance(value, list) else []
+                children = (
+                    [(None, value)]
+                    if isinstance(value, ast.AST)
+                    else list(enumerate(value))
+                    if isinstance(value, list)
+                    else []
+                )
                 for index, child in children:
                     if isinstance(child, ast.AST) and child not in skipped:
                         here += _child_sites(parent, field, index, child)
@@ -184,7 +251,10 @@ def sites(tree: ast.Module, functions: Optional[tuple]) -> list:
 
 def _node_sites(node: ast.AST) -> list:
     """Mutations that change `node` itself."""
-    line, shown = getattr(node, "lineno", 0), (ast.unparse(node) if isinstance(node, ast.expr) else "")
+    line, shown = (
+        getattr(node, "lineno", 0),
+        (ast.unparse(node) if isinstance(node, ast.expr) else ""),
+    )
     out = []
     if isinstance(node, ast.Compare):
         for k, op in enumerate(node.ops):
@@ -205,9 +275,14 @@ def _node_sites(node: ast.AST) -> list:
     elif isinstance(node, ast.Call):
         for k, keyword in enumerate(node.keywords):
             if keyword.arg is not None:
-                rest = node.keywords[:k] + node.keywords[k + 1:]
-                out.append(Site(line, f"keyword removed: {keyword.arg}= from {ast.unparse(node.func)}(...)",
-                                _setter(node, "keywords", rest)))
+                rest = node.keywords[:k] + node.keywords[k + 1 :]
+                out.append(
+                    Site(
+                        line,
+                        f"keyword removed: {keyword.arg}= from {ast.unparse(node.func)}(...)",
+                        _setter(node, "keywords", rest),
+                    )
+                )
     return out
 
 
@@ -218,7 +293,11 @@ def _child_sites(parent: ast.AST, field: str, index: Optional[int], child: ast.A
 
     def replace(kind: str, new: ast.AST, before: Optional[str] = None) -> None:
         shown = before if before is not None else ast.unparse(child)
-        out.append(Site(line, f"{kind}: {shown} -> {ast.unparse(new)}", _replacer(parent, field, index, new)))
+        out.append(
+            Site(
+                line, f"{kind}: {shown} -> {ast.unparse(new)}", _replacer(parent, field, index, new)
+            )
+        )
 
     if isinstance(child, ast.Constant) and not isinstance(parent, ast.JoinedStr):
         value = child.value
@@ -230,20 +309,34 @@ def _child_sites(parent: ast.AST, field: str, index: Optional[int], child: ast.A
             replace("constant", ast.Constant("XX" + value + "XX"))
         elif type(value) is bytes:
             replace("constant", ast.Constant(b"XX" + value + b"XX"))
-    if isinstance(child, ast.Constant) and isinstance(parent, ast.JoinedStr) and type(child.value) is str:
+    if (
+        isinstance(child, ast.Constant)
+        and isinstance(parent, ast.JoinedStr)
+        and type(child.value) is str
+    ):
         replace("constant in f-string", ast.Constant("XX" + child.value + "XX"))
     if isinstance(child, ast.UnaryOp) and isinstance(child.op, ast.Not):
         replace("not removed", child.operand)
     is_condition = (field == "test" and isinstance(parent, (ast.If, ast.While, ast.IfExp))) or (
-        field == "ifs" and isinstance(parent, ast.comprehension))
+        field == "ifs" and isinstance(parent, ast.comprehension)
+    )
     if is_condition:
-        kind = "comprehension if" if field == "ifs" else f"{type(parent).__name__.lower()} condition"
+        kind = (
+            "comprehension if" if field == "ifs" else f"{type(parent).__name__.lower()} condition"
+        )
         replace(kind, ast.Constant(True))
         replace(kind, ast.Constant(False))
-    if isinstance(child, ast.Raise) and not (isinstance(parent, ast.If) and field == "body" and parent.body == [child]):
-        replace("raise removed", ast.Pass(), ast.unparse(child))  # a lone raise under an if: "if condition -> False"
-    if isinstance(child, ast.Return) and child.value is not None and not (
-            isinstance(child.value, ast.Constant) and child.value.value is None):
+    if isinstance(child, ast.Raise) and not (
+        isinstance(parent, ast.If) and field == "body" and parent.body == [child]
+    ):
+        replace(
+            "raise removed", ast.Pass(), ast.unparse(child)
+        )  # a lone raise under an if: "if condition -> False"
+    if (
+        isinstance(child, ast.Return)
+        and child.value is not None
+        and not (isinstance(child.value, ast.Constant) and child.value.value is None)
+    ):
         replace("return value", ast.Return(ast.Constant(None)), ast.unparse(child))
     return out
 
@@ -284,8 +377,14 @@ def mutants(names: list) -> tuple:
             source = ast.unparse(ast.fix_missing_locations(tree))
             if source not in seen:
                 seen.add(source)
-                occurrence = sum(m.target == name and (m.scope, m.what) == (site.scope, site.what) for m in found)
-                found.append(Mutant(len(found) + 1, name, site.line, site.scope, site.what, occurrence, source))
+                occurrence = sum(
+                    m.target == name and (m.scope, m.what) == (site.scope, site.what) for m in found
+                )
+                found.append(
+                    Mutant(
+                        len(found) + 1, name, site.line, site.scope, site.what, occurrence, source
+                    )
+                )
     return baselines, found
 
 
@@ -293,7 +392,9 @@ def mutants(names: list) -> tuple:
 
 
 def _copy_project(into: Path) -> Path:
-    ignore = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "bench", ".pytest_cache")
+    ignore = shutil.ignore_patterns(
+        ".git", ".venv", "__pycache__", "*.pyc", "bench", ".pytest_cache"
+    )
     shutil.copytree(ROOT, into, ignore=ignore)
     return into
 
@@ -307,11 +408,19 @@ def run_tests(workdir: Path, target: Target, source: str) -> tuple:
     env.pop("PYTHONPATH", None)
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *target.tests]
     started = time.monotonic()
-    process = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         output, _ = process.communicate(timeout=target.timeout)
-        outcome = {0: "survived", 1: "killed"}.get(process.returncode, f"killed (pytest exit {process.returncode})")
+        outcome = {0: "survived", 1: "killed"}.get(
+            process.returncode, f"killed (pytest exit {process.returncode})"
+        )
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)  # the test run and any server it started
         output, _ = process.communicate()
@@ -319,16 +428,22 @@ def run_tests(workdir: Path, target: Target, source: str) -> tuple:
     finally:
         path.write_text(original, encoding="utf-8")
     lines = output.decode("utf-8", "replace").strip().splitlines()
-    failed = next((line for line in lines if line.startswith(("FAILED", "ERROR"))), lines[-1] if lines else "")
+    failed = next(
+        (line for line in lines if line.startswith(("FAILED", "ERROR"))), lines[-1] if lines else ""
+    )
     return outcome, time.monotonic() - started, failed
 
 
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("targets", nargs="*", metavar="target", help=f"some of {', '.join(TARGETS)} (default: all)")
+    parser.add_argument(
+        "targets", nargs="*", metavar="target", help=f"some of {', '.join(TARGETS)} (default: all)"
+    )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
-    parser.add_argument("--only", type=int, nargs="+", help="run these mutants only (numbers from --list)")
+    parser.add_argument(
+        "--only", type=int, nargs="+", help="run these mutants only (numbers from --list)"
+    )
     parser.add_argument("--show", type=int, help="print mutant N's source")
     args = parser.parse_args(argv)
     names = args.targets or list(TARGETS)
@@ -340,7 +455,9 @@ def main(argv: Optional[list] = None) -> int:
         return 0
     if args.list:
         for m in found:
-            print(f"{m.number:4} {m.where} {m.what}" + (f" [{m.occurrence}]" if m.occurrence else ""))
+            print(
+                f"{m.number:4} {m.where} {m.what}" + (f" [{m.occurrence}]" if m.occurrence else "")
+            )
         return 0
     chosen = [m for m in found if not args.only or m.number in args.only]
 
@@ -359,7 +476,9 @@ def main(argv: Optional[list] = None) -> int:
                 workers.put(workdir)
 
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-            for name, (outcome, seconds, last) in zip(names, pool.map(run, [(n, baselines[n]) for n in names])):
+            for name, (outcome, seconds, last) in zip(
+                names, pool.map(run, [(n, baselines[n]) for n in names])
+            ):
                 shown = "passed" if outcome == "survived" else outcome
                 print(f"baseline {name}: {shown} in {seconds:.1f} s", flush=True)
                 if outcome != "survived":
@@ -369,8 +488,15 @@ def main(argv: Optional[list] = None) -> int:
             for m, result in zip(chosen, pool.map(run, [(m.target, m.source) for m in chosen])):
                 results[m] = result
                 outcome, seconds, last = result
-                note = f"  [equivalent: {EQUIVALENT[m.key]}]" if outcome == "survived" and m.key in EQUIVALENT else ""
-                print(f"{m.number:4} {outcome:24} {seconds:5.1f} s  {m.where} {m.what}{note}", flush=True)
+                note = (
+                    f"  [equivalent: {EQUIVALENT[m.key]}]"
+                    if outcome == "survived" and m.key in EQUIVALENT
+                    else ""
+                )
+                print(
+                    f"{m.number:4} {outcome:24} {seconds:5.1f} s  {m.where} {m.what}{note}",
+                    flush=True,
+                )
                 if outcome != "survived":
                     print(f"{'':37}{last[:150]}", flush=True)
 
@@ -379,8 +505,10 @@ def main(argv: Optional[list] = None) -> int:
         ran = [m for m in chosen if m.target == name]
         killed = sum(results[m][0] != "survived" for m in ran)
         equivalent = sum(results[m][0] == "survived" and m.key in EQUIVALENT for m in ran)
-        print(f"  {name:12} {killed} / {len(ran)} killed, {equivalent} equivalent, "
-              f"{len(ran) - killed - equivalent} survived")
+        print(
+            f"  {name:12} {killed} / {len(ran)} killed, {equivalent} equivalent, "
+            f"{len(ran) - killed - equivalent} survived"
+        )
     failures = [m for m in chosen if results[m][0] == "survived" and m.key not in EQUIVALENT]
     for path, what, meaning in SANITY:
         matching = [m for m in chosen if TARGETS[m.target].path == path and m.what == what]

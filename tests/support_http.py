@@ -36,7 +36,9 @@ TIMEOUT = 5.0  # on every socket, and the longest any single wait may take
 # Raw requests and answers
 
 
-def build(method: str, target: str, headers=(), body: bytes = b"", version: str = "HTTP/1.1") -> bytes:
+def build(
+    method: str, target: str, headers=(), body: bytes = b"", version: str = "HTTP/1.1"
+) -> bytes:
     lines = [f"{method} {target} {version}".encode("latin-1")]
     lines += [f"{name}: {value}".encode("latin-1") for name, value in headers]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
@@ -182,7 +184,9 @@ def serve_in_thread(app, settings: server.Settings, running: type = Running) -> 
     `running`: the Running class to return, for modules that add their own ways to talk to it.
     """
     srv = server.make_server(app, settings)
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), name="serve_forever", daemon=True)
+    thread = threading.Thread(
+        target=srv.serve_forever, args=(0.05,), name="serve_forever", daemon=True
+    )
     thread.start()
     return running(srv, thread, tuple(srv.server_address[:2]))
 
@@ -245,7 +249,9 @@ class LoggedProcess:
         self.stream.close()
 
 
-def http_request(port: int, method: str, path: str, body: bytes = b"", headers: dict = None) -> tuple:
+def http_request(
+    port: int, method: str, path: str, body: bytes = b"", headers: dict = None
+) -> tuple:
     """One request to 127.0.0.1:`port` through http.client: (status, headers by lower-case name, body bytes)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
     try:

@@ -56,6 +56,8 @@ def environ_for(method: str, path: str, wsgi_input) -> dict:
             "SCRIPT_NAME": "",
             "PATH_INFO": path,
             "QUERY_STRING": "",
+            # From this machine, as a LiveKit Server in development mode would be.
+            "REMOTE_ADDR": "127.0.0.1",
             "wsgi.input": wsgi_input,
         }
     )

@@ -17,11 +17,13 @@ that showed a bug were marked xfail(strict=True) with the reason starting "serve
 from __future__ import annotations
 
 import base64
+import dataclasses
 import email.utils
 import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 import resource
 import selectors
@@ -190,7 +192,9 @@ def start_server():
     """start(on_event=..., clock=..., **setting overrides) -> Running; drained and joined on teardown."""
     started: list = []
 
-    def start(*, on_event: Optional[Callable] = None, clock: Callable = Clock(), **overrides) -> Running:
+    def start(
+        *, on_event: Optional[Callable] = None, clock: Callable = Clock(), **overrides
+    ) -> Running:
         fields = dict(
             api_key=KEY,
             api_secret=SECRET,
@@ -202,7 +206,9 @@ def start_server():
         )
         fields.update(overrides)
         settings = server.Settings(**fields)
-        running = serve_in_thread(server.make_app(settings, on_event=on_event, clock=clock), settings, Running)
+        running = serve_in_thread(
+            server.make_app(settings, on_event=on_event, clock=clock), settings, Running
+        )
         started.append(running)
         return running
 
@@ -269,7 +275,9 @@ HOSTILE_JSON = [
         id="identity-null",
     ),
     pytest.param(
-        b'{"room_name":"r","participant_name":{"a":1}}', (400, "participant_name must be a string"), id="name-object"
+        b'{"room_name":"r","participant_name":{"a":1}}',
+        (400, "participant_name must be a string"),
+        id="name-object",
     ),
     pytest.param(
         b'{"room_name":"r","roomName":"r","participantName":"p"}',
@@ -297,7 +305,9 @@ HOSTILE_JSON = [
         id="c1-control-in-name",
     ),
     pytest.param(
-        token_body("p" * 257), (400, "participantName must be at most 256 characters"), id="name-257-chars"
+        token_body("p" * 257),
+        (400, "participantName must be at most 256 characters"),
+        id="name-257-chars",
     ),
     # Nesting, all within the 16 KiB cap
     pytest.param(_deep_arrays(8000), TOO_DEEP, id="arrays-8000-deep"),
@@ -312,14 +322,28 @@ HOSTILE_JSON = [
     pytest.param(b"\xef\xbb\xbf" + token_body(), NOT_JSON, id="utf-8-bom"),
     pytest.param(b'{"roomName":"r\xff","participantName":"p"}', NOT_UTF8, id="invalid-utf-8"),
     pytest.param(b'{"roomName":"r\xc0\xaf","participantName":"p"}', NOT_UTF8, id="overlong-utf-8"),
-    pytest.param(b'{"roomName":"r\xed\xa0\x80","participantName":"p"}', NOT_UTF8, id="utf-8-encoded-surrogate"),
-    pytest.param(b'{"roomName":"r","participantName":"\\ud800"}', SURROGATE, id="lone-high-surrogate"),
-    pytest.param(b'{"roomName":"r","participantName":"\\uDC00x"}', SURROGATE, id="lone-low-surrogate"),
-    pytest.param(b'{"roomName":"r","participantName":"\\ude00\\ud83d"}', SURROGATE, id="surrogates-reversed"),
-    # Duplicates, non-finite and oversized numbers
-    pytest.param(b'{"roomName":"a","roomName":"b","participantName":"p"}', DUPLICATE, id="duplicate-key"),
     pytest.param(
-        b'{"room_name":"r","participant_name":"n","participant_name":"n"}', DUPLICATE, id="duplicate-same-value"
+        b'{"roomName":"r\xed\xa0\x80","participantName":"p"}',
+        NOT_UTF8,
+        id="utf-8-encoded-surrogate",
+    ),
+    pytest.param(
+        b'{"roomName":"r","participantName":"\\ud800"}', SURROGATE, id="lone-high-surrogate"
+    ),
+    pytest.param(
+        b'{"roomName":"r","participantName":"\\uDC00x"}', SURROGATE, id="lone-low-surrogate"
+    ),
+    pytest.param(
+        b'{"roomName":"r","participantName":"\\ude00\\ud83d"}', SURROGATE, id="surrogates-reversed"
+    ),
+    # Duplicates, non-finite and oversized numbers
+    pytest.param(
+        b'{"roomName":"a","roomName":"b","participantName":"p"}', DUPLICATE, id="duplicate-key"
+    ),
+    pytest.param(
+        b'{"room_name":"r","participant_name":"n","participant_name":"n"}',
+        DUPLICATE,
+        id="duplicate-same-value",
     ),
     pytest.param(_with_x(b'{"a":1,"a":2}'), DUPLICATE, id="duplicate-nested"),
     pytest.param(_with_x(b"NaN"), NON_FINITE, id="nan"),
@@ -348,12 +372,18 @@ def test_hostile_json_gets_the_exact_error_and_the_connection_keeps_serving(live
 
 
 ACCEPTED_JSON = [
-    pytest.param(b'{"roomName":"r","participantName":"\\ud83d\\ude00"}', id="surrogate-pair-escape"),
-    pytest.param('{"roomName":"r","participantName":"\U0001f600"}'.encode("utf-8"), id="utf-8-emoji"),
+    pytest.param(
+        b'{"roomName":"r","participantName":"\\ud83d\\ude00"}', id="surrogate-pair-escape"
+    ),
+    pytest.param(
+        '{"roomName":"r","participantName":"\U0001f600"}'.encode("utf-8"), id="utf-8-emoji"
+    ),
     pytest.param(_with_x(b"1e308"), id="1e308"),
     pytest.param(_with_x(b"9" * 4300), id="int-4300-digits"),
     pytest.param(_with_x(b"[" * 63 + b"]" * 63), id="depth-64"),
-    pytest.param(token_body() + b" " * (server.MAX_TOKEN_BODY_BYTES - len(token_body())), id="exactly-16-KiB"),
+    pytest.param(
+        token_body() + b" " * (server.MAX_TOKEN_BODY_BYTES - len(token_body())), id="exactly-16-KiB"
+    ),
 ]
 
 
@@ -369,7 +399,10 @@ def test_body_one_byte_over_the_cap_gets_413_read_by_the_client(live):
     with live.connect() as sock:
         sock.sendall(post("/token", body))
         response, rest = read_response(sock)  # a reset here would raise ConnectionResetError
-        assert response.error == (413, f"Request body must be at most {server.MAX_TOKEN_BODY_BYTES} bytes")
+        assert response.error == (
+            413,
+            f"Request body must be at most {server.MAX_TOKEN_BODY_BYTES} bytes",
+        )
         # The refused body is small enough to skip: the connection carries on.
         assert response.values("connection") == []
         sock.sendall(HEALTHZ)
@@ -382,7 +415,9 @@ def test_body_one_byte_over_the_cap_gets_413_read_by_the_client(live):
 # 2. Hostile HTTP framing (test_runner.py has the basic table; these are the rest)
 
 MALFORMED_LINE = "Malformed request line"
-BARE_LF = "Request lines must end with CRLF"  # a line ended by LF alone (binary garbage often has one)
+BARE_LF = (
+    "Request lines must end with CRLF"  # a line ended by LF alone (binary garbage often has one)
+)
 MALFORMED_FIELD = "Malformed header field"
 REPEATED = "Repeated header field"
 CHUNKED = "Transfer-Encoding is not supported; send Content-Length"
@@ -394,7 +429,9 @@ assert b"\t\n" in TLS_HELLO  # its random holds a line ended by LF alone
 
 def _token_head(*fields: tuple) -> bytes:
     """A /token head with these fields, then the (valid) token body."""
-    return build("POST", "/token", [HOST, ("Content-Type", "application/json"), *fields], token_body())
+    return build(
+        "POST", "/token", [HOST, ("Content-Type", "application/json"), *fields], token_body()
+    )
 
 
 def _head_of(size: int) -> bytes:
@@ -417,9 +454,14 @@ OK_TWICE = [(200, None), (200, None)]
 
 # (raw bytes sent at once, [(status, errorMessage or None for a 2xx), ...], closed afterwards)
 FRAMING = [
-    pytest.param(token_request() + b"\x00\x00\x00\r\n\r\n", OK_THEN_BAD_LINE, True, id="valid-then-nul"),
     pytest.param(
-        token_request() + bytes(range(256)) + b"\r\n\r\n", OK_THEN_BARE_LF, True, id="valid-then-binary"
+        token_request() + b"\x00\x00\x00\r\n\r\n", OK_THEN_BAD_LINE, True, id="valid-then-nul"
+    ),
+    pytest.param(
+        token_request() + bytes(range(256)) + b"\r\n\r\n",
+        OK_THEN_BARE_LF,
+        True,
+        id="valid-then-binary",
     ),
     pytest.param(
         token_request() + TLS_HELLO + b"\r\n\r\n", OK_THEN_BARE_LF, True, id="valid-then-tls-hello"
@@ -439,10 +481,16 @@ FRAMING = [
     # Transfer-Encoding in every spelling is refused, or the head is malformed; twice, it is
     # refused as Transfer-Encoding (only Content-Length and Host are checked for repeats)
     pytest.param(
-        _token_head(LENGTH, ("Transfer-Encoding", "identity\r\n chunked")), BAD_FIELD, True, id="te-obs-fold"
+        _token_head(LENGTH, ("Transfer-Encoding", "identity\r\n chunked")),
+        BAD_FIELD,
+        True,
+        id="te-obs-fold",
     ),
     pytest.param(
-        _token_head(LENGTH, ("X-Pad", "x\r\n Transfer-Encoding: chunked")), BAD_FIELD, True, id="te-in-fold"
+        _token_head(LENGTH, ("X-Pad", "x\r\n Transfer-Encoding: chunked")),
+        BAD_FIELD,
+        True,
+        id="te-in-fold",
     ),
     pytest.param(
         b"POST /token HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 4\r\n"
@@ -451,11 +499,36 @@ FRAMING = [
         True,
         id="te-space-before-colon",
     ),
-    pytest.param(_token_head(LENGTH, ("Transfer-Encoding", "\tchunked")), [(411, CHUNKED)], True, id="te-tab-value"),
-    pytest.param(_token_head(LENGTH, ("transfer-encoding", "chunked")), [(411, CHUNKED)], True, id="te-lower-case"),
-    pytest.param(_token_head(LENGTH, ("TRANSFER-ENCODING", "CHUNKED")), [(411, CHUNKED)], True, id="te-upper-case"),
-    pytest.param(_token_head(LENGTH, ("Transfer-Encoding", "xchunked")), [(411, CHUNKED)], True, id="te-xchunked"),
-    pytest.param(_token_head(LENGTH, ("Transfer-Encoding", "chunked, identity")), [(411, CHUNKED)], True, id="te-list"),
+    pytest.param(
+        _token_head(LENGTH, ("Transfer-Encoding", "\tchunked")),
+        [(411, CHUNKED)],
+        True,
+        id="te-tab-value",
+    ),
+    pytest.param(
+        _token_head(LENGTH, ("transfer-encoding", "chunked")),
+        [(411, CHUNKED)],
+        True,
+        id="te-lower-case",
+    ),
+    pytest.param(
+        _token_head(LENGTH, ("TRANSFER-ENCODING", "CHUNKED")),
+        [(411, CHUNKED)],
+        True,
+        id="te-upper-case",
+    ),
+    pytest.param(
+        _token_head(LENGTH, ("Transfer-Encoding", "xchunked")),
+        [(411, CHUNKED)],
+        True,
+        id="te-xchunked",
+    ),
+    pytest.param(
+        _token_head(LENGTH, ("Transfer-Encoding", "chunked, identity")),
+        [(411, CHUNKED)],
+        True,
+        id="te-list",
+    ),
     pytest.param(
         _token_head(LENGTH, ("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "identity")),
         [(411, CHUNKED)],
@@ -471,18 +544,28 @@ FRAMING = [
         id="cl-te-hiding-a-request",
     ),
     pytest.param(
-        build("GET", "/healthz", [HOST, ("Transfer-Encoding", "chunked")]) + b"0\r\n\r\n" + SMUGGLED,
+        build("GET", "/healthz", [HOST, ("Transfer-Encoding", "chunked")])
+        + b"0\r\n\r\n"
+        + SMUGGLED,
         [(411, CHUNKED)],
         True,
         id="get-with-te",
     ),
     # "_" names are dropped: Transfer_Encoding frames nothing, Content-Length does
     pytest.param(
-        _token_head(LENGTH, ("Transfer_Encoding", "chunked")) + HEALTHZ, OK_TWICE, False, id="te-underscore"
+        _token_head(LENGTH, ("Transfer_Encoding", "chunked")) + HEALTHZ,
+        OK_TWICE,
+        False,
+        id="te-underscore",
     ),
     # Content-Length: duplicates refused, leading zeros are 1*DIGIT (RFC 9110 §8.6) and frame exactly
     pytest.param(
-        build("POST", "/token", [HOST, ("Content-Length", "0"), ("Content-Length", str(len(SMUGGLED)))]) + SMUGGLED,
+        build(
+            "POST",
+            "/token",
+            [HOST, ("Content-Length", "0"), ("Content-Length", str(len(SMUGGLED)))],
+        )
+        + SMUGGLED,
         [(400, REPEATED)],
         True,
         id="cl-twice-different-hiding-a-request",
@@ -500,33 +583,68 @@ FRAMING = [
         id="cl-all-zeros",
     ),
     pytest.param(
-        build("GET", "/healthz", [HOST, ("Content-Length", "0X")]), [(400, NOT_A_NUMBER)], True, id="cl-trailing-letter"
+        build("GET", "/healthz", [HOST, ("Content-Length", "0X")]),
+        [(400, NOT_A_NUMBER)],
+        True,
+        id="cl-trailing-letter",
     ),
     pytest.param(
-        build("POST", "/token", [HOST, ("Content-Type", "application/json"), ("Content-Length", "9" * 12)]),
+        build(
+            "POST",
+            "/token",
+            [HOST, ("Content-Type", "application/json"), ("Content-Length", "9" * 12)],
+        ),
         [(413, f"Request body must be at most {server.MAX_TOKEN_BODY_BYTES} bytes")],
         True,
         id="cl-12-nines",
     ),
     # Binary bytes and NUL in the request line and the header names
     pytest.param(b"\x00" * 64 + b"\r\n\r\n", BAD_LINE, True, id="nul-line"),
-    pytest.param(b"G\x00T /healthz HTTP/1.1\r\nHost: t\r\n\r\n", BAD_LINE, True, id="nul-in-method"),
-    pytest.param(b"GET /healthz HTTP/1.1\x00\r\nHost: t\r\n\r\n", BAD_LINE, True, id="nul-in-version"),
-    pytest.param(b"\xff\xfe\xfd /healthz HTTP/1.1\r\nHost: t\r\n\r\n", BAD_LINE, True, id="binary-method"),
+    pytest.param(
+        b"G\x00T /healthz HTTP/1.1\r\nHost: t\r\n\r\n", BAD_LINE, True, id="nul-in-method"
+    ),
+    pytest.param(
+        b"GET /healthz HTTP/1.1\x00\r\nHost: t\r\n\r\n", BAD_LINE, True, id="nul-in-version"
+    ),
+    pytest.param(
+        b"\xff\xfe\xfd /healthz HTTP/1.1\r\nHost: t\r\n\r\n", BAD_LINE, True, id="binary-method"
+    ),
     pytest.param(b"GET\t/healthz\tHTTP/1.1\r\nHost: t\r\n\r\n", BAD_LINE, True, id="tabs-in-line"),
     pytest.param(TLS_HELLO + b"\r\n\r\n", [(400, BARE_LF)], True, id="tls-hello"),
-    pytest.param(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX\x00A: v\r\n\r\n", BAD_FIELD, True, id="nul-in-name"),
-    pytest.param(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\xffA: v\r\n\r\n", BAD_FIELD, True, id="binary-name"),
+    pytest.param(
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nX\x00A: v\r\n\r\n", BAD_FIELD, True, id="nul-in-name"
+    ),
+    pytest.param(
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\n\xffA: v\r\n\r\n", BAD_FIELD, True, id="binary-name"
+    ),
     pytest.param(b"GET /healthz HTTP/1.1\r\n\x00\r\n\r\n", BAD_FIELD, True, id="nul-field-line"),
     # A control character anywhere in a value, up to the CRLF: the last byte is checked too
-    pytest.param(build("GET", "/healthz", [HOST, ("X-A", "\x01v")]), [(400, CONTROL)], True, id="ctl-first-in-value"),
-    pytest.param(build("GET", "/healthz", [HOST, ("X-A", "v\x01")]), [(400, CONTROL)], True, id="ctl-last-in-value"),
+    pytest.param(
+        build("GET", "/healthz", [HOST, ("X-A", "\x01v")]),
+        [(400, CONTROL)],
+        True,
+        id="ctl-first-in-value",
+    ),
+    pytest.param(
+        build("GET", "/healthz", [HOST, ("X-A", "v\x01")]),
+        [(400, CONTROL)],
+        True,
+        id="ctl-last-in-value",
+    ),
     # The target is a path; "*" only for OPTIONS (RFC 9112 §3.2.4), which no route answers
-    pytest.param(b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n" + HEALTHZ, [(404, "Not found"), (200, None)], False,
-                 id="options-star"),
+    pytest.param(
+        b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n" + HEALTHZ,
+        [(404, "Not found"), (200, None)],
+        False,
+        id="options-star",
+    ),
     pytest.param(b"GET * HTTP/1.1\r\nHost: t\r\n\r\n", [(400, NOT_A_PATH)], True, id="get-star"),
-    pytest.param(b"OPTIONS http://t/token HTTP/1.1\r\nHost: t\r\n\r\n", [(400, NOT_A_PATH)], True,
-                 id="options-absolute-form"),
+    pytest.param(
+        b"OPTIONS http://t/token HTTP/1.1\r\nHost: t\r\n\r\n",
+        [(400, NOT_A_PATH)],
+        True,
+        id="options-absolute-form",
+    ),
     # Size limits on the head
     pytest.param(
         build("GET", "/healthz", [HOST] + [(f"X-F{i}", "v" * 200) for i in range(85)]),
@@ -535,11 +653,21 @@ FRAMING = [
         id="many-fields-over-16k",
     ),
     pytest.param(
-        b"GET /" + b"a" * 20 * 1024 + b" HTTP/1.1\r\nHost: t\r\n\r\n", [(431, HEAD_TOO_LARGE)], True, id="line-20k"
+        b"GET /" + b"a" * 20 * 1024 + b" HTTP/1.1\r\nHost: t\r\n\r\n",
+        [(431, HEAD_TOO_LARGE)],
+        True,
+        id="line-20k",
     ),
-    pytest.param(b"GET /" + b"a" * 20 * 1024, [(431, HEAD_TOO_LARGE)], True, id="line-20k-unfinished"),
+    pytest.param(
+        b"GET /" + b"a" * 20 * 1024, [(431, HEAD_TOO_LARGE)], True, id="line-20k-unfinished"
+    ),
     # One byte past the cap is enough: the refusal does not wait for a byte more (or the line's end)
-    pytest.param(b"GET /" + b"a" * (16 * 1024 - 4), [(431, HEAD_TOO_LARGE)], True, id="line-16k-plus-one-unfinished"),
+    pytest.param(
+        b"GET /" + b"a" * (16 * 1024 - 4),
+        [(431, HEAD_TOO_LARGE)],
+        True,
+        id="line-16k-plus-one-unfinished",
+    ),
     pytest.param(b"\x00" * 20 * 1024, [(431, HEAD_TOO_LARGE)], True, id="nul-flood-20k"),
     pytest.param(
         build("GET", "/healthz", [HOST, ("X-Pad", "p" * 15900)]) + HEALTHZ,
@@ -549,7 +677,9 @@ FRAMING = [
     ),
     # The 16 KiB cap, written out: exactly 16 KiB is served, one byte more is refused
     pytest.param(_head_of(16 * 1024) + HEALTHZ, OK_TWICE, False, id="head-exactly-16k-accepted"),
-    pytest.param(_head_of(16 * 1024 + 1), [(431, HEAD_TOO_LARGE)], True, id="head-16k-plus-one-refused"),
+    pytest.param(
+        _head_of(16 * 1024 + 1), [(431, HEAD_TOO_LARGE)], True, id="head-16k-plus-one-refused"
+    ),
     # Each line is read only up to what is left of the cap: an unfinished line past it is refused
     # at once, not waited for until the request deadline
     pytest.param(
@@ -583,7 +713,11 @@ def test_hostile_framing(live, raw, expected, closed):
 
 @pytest.mark.parametrize(
     "partial",
-    [b"GET /healthz HTT", b"GET /healthz HTTP/1.1\r\nHost: t\r\n", b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r"],
+    [
+        b"GET /healthz HTT",
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r",
+    ],
     ids=["in-the-request-line", "between-fields", "in-the-blank-line"],
 )
 def test_a_head_cut_short_by_the_client_gets_no_answer(live, partial):
@@ -656,7 +790,13 @@ DROP = object()
 
 def claims(**changes) -> dict:
     """A webhook token's payload as LiveKit writes it, with `changes` (DROP removes a claim)."""
-    payload = {"video": {}, "iss": KEY, "nbf": NOW - 5, "exp": NOW + 300, "sha256": body_sha256(BODY)}
+    payload = {
+        "video": {},
+        "iss": KEY,
+        "nbf": NOW - 5,
+        "exp": NOW + 300,
+        "sha256": body_sha256(BODY),
+    }
     payload.update(changes)
     return {name: value for name, value in payload.items() if value is not DROP}
 
@@ -672,11 +812,15 @@ def forge(
     """A JWT signed as told. `header`/`payload` are dicts or exact bytes."""
     segments = []
     for part in (header, claims() if payload is None else payload):
-        raw = part if type(part) is bytes else json.dumps(part, separators=(",", ":")).encode("utf-8")
+        raw = (
+            part if type(part) is bytes else json.dumps(part, separators=(",", ":")).encode("utf-8")
+        )
         segments.append(b64url(raw))
     signing_input = ".".join(segments)
     if signature is None:
-        signature = b64url(hmac.new(secret.encode("utf-8"), signing_input.encode("ascii"), digest).digest())
+        signature = b64url(
+            hmac.new(secret.encode("utf-8"), signing_input.encode("ascii"), digest).digest()
+        )
     return f"{signing_input}.{signature}"
 
 
@@ -689,8 +833,14 @@ def unsigned(header: dict) -> str:
     return forge(header, signature="")
 
 
-def webhook_request(authorization: Optional[str], path: str = "/webhook", body: bytes = BODY) -> bytes:
-    headers = [HOST, ("Content-Type", "application/webhook+json"), ("Content-Length", str(len(body)))]
+def webhook_request(
+    authorization: Optional[str], path: str = "/webhook", body: bytes = BODY
+) -> bytes:
+    headers = [
+        HOST,
+        ("Content-Type", "application/webhook+json"),
+        ("Content-Length", str(len(body))),
+    ]
     if authorization is not None:
         headers.append(("Authorization", authorization))
     return build("POST", path, headers, body)
@@ -699,7 +849,9 @@ def webhook_request(authorization: Optional[str], path: str = "/webhook", body: 
 def minted(live: Running, standard: bool = False) -> str:
     """A token handed out by this very server's /token, fetched over the socket."""
     if standard:
-        (response,) = live.ask(post("/token", b'{"room_name":"room-1","participant_identity":"mallory"}'))
+        (response,) = live.ask(
+            post("/token", b'{"room_name":"room-1","participant_identity":"mallory"}')
+        )
         assert response.status == 201
         return response.json()["participant_token"]
     (response,) = live.ask(token_request("mallory"))
@@ -724,44 +876,78 @@ SEGMENTS = "token must have three dot-separated segments"
 # (authorization from the running server, or None for no header; the exact 401 errorMessage)
 FORGED = [
     # alg "none" and friends: no MAC, or a MAC the header disowns
-    pytest.param(lambda live: unsigned({"alg": "none", "typ": "JWT"}), BAD_SIGNATURE, id="alg-none-empty-signature"),
-    pytest.param(lambda live: unsigned({"alg": "None"}), BAD_SIGNATURE, id="alg-None-empty-signature"),
-    pytest.param(lambda live: unsigned({"alg": "NONE"}), BAD_SIGNATURE, id="alg-NONE-empty-signature"),
+    pytest.param(
+        lambda live: unsigned({"alg": "none", "typ": "JWT"}),
+        BAD_SIGNATURE,
+        id="alg-none-empty-signature",
+    ),
+    pytest.param(
+        lambda live: unsigned({"alg": "None"}), BAD_SIGNATURE, id="alg-None-empty-signature"
+    ),
+    pytest.param(
+        lambda live: unsigned({"alg": "NONE"}), BAD_SIGNATURE, id="alg-NONE-empty-signature"
+    ),
     pytest.param(lambda live: unsigned({"alg": "none"})[:-1], SEGMENTS, id="alg-none-two-segments"),
     pytest.param(lambda live: forge({"alg": "none"}), ALG, id="alg-none-with-valid-mac"),
-    pytest.param(lambda live: forge({"alg": "hs256", "typ": "JWT"}), ALG, id="alg-hs256-lower-case"),
-    pytest.param(lambda live: forge({"alg": "HS512"}, digest=hashlib.sha512), BAD_SIGNATURE, id="alg-HS512-mac"),
+    pytest.param(
+        lambda live: forge({"alg": "hs256", "typ": "JWT"}), ALG, id="alg-hs256-lower-case"
+    ),
+    pytest.param(
+        lambda live: forge({"alg": "HS512"}, digest=hashlib.sha512),
+        BAD_SIGNATURE,
+        id="alg-HS512-mac",
+    ),
     pytest.param(lambda live: forge({"alg": "HS512"}), ALG, id="alg-HS512-with-hs256-mac"),
-    pytest.param(lambda live: forge({"alg": "RS256", "typ": "JWT"}), ALG, id="alg-RS256-with-hs256-mac"),
+    pytest.param(
+        lambda live: forge({"alg": "RS256", "typ": "JWT"}), ALG, id="alg-RS256-with-hs256-mac"
+    ),
     pytest.param(lambda live: forge({"typ": "JWT"}), ALG, id="alg-missing"),
     pytest.param(lambda live: forge({"alg": ["HS256"]}), ALG, id="alg-list"),
     pytest.param(lambda live: forge(secret=KEY), BAD_SIGNATURE, id="mac-keyed-with-the-api-key"),
     pytest.param(lambda live: forge(secret=SECRET + "x"), BAD_SIGNATURE, id="different-secret"),
     pytest.param(lambda live: forge(secret="secret"), BAD_SIGNATURE, id="livekit-dev-secret"),
     # Header extensions and shape
-    pytest.param(lambda live: forge({"alg": "HS256", "crit": ["exp"], "exp": NOW}), EXTENSION, id="crit"),
+    pytest.param(
+        lambda live: forge({"alg": "HS256", "crit": ["exp"], "exp": NOW}), EXTENSION, id="crit"
+    ),
     pytest.param(lambda live: forge({"alg": "HS256", "crit": []}), EXTENSION, id="crit-empty"),
-    pytest.param(lambda live: forge({"alg": "HS256", "b64": False, "crit": ["b64"]}), EXTENSION, id="b64-false"),
-    pytest.param(lambda live: forge({"alg": "HS256", "kid": 1}), "token kid must be a string", id="kid-int"),
+    pytest.param(
+        lambda live: forge({"alg": "HS256", "b64": False, "crit": ["b64"]}),
+        EXTENSION,
+        id="b64-false",
+    ),
+    pytest.param(
+        lambda live: forge({"alg": "HS256", "kid": 1}), "token kid must be a string", id="kid-int"
+    ),
     pytest.param(
         lambda live: forge(b'{"alg":"HS256","alg":"none"}'),
         "token header is not a JSON object",
         id="header-duplicate-alg",
     ),
-    pytest.param(lambda live: forge(b'["HS256"]'), "token header is not a JSON object", id="header-array"),
+    pytest.param(
+        lambda live: forge(b'["HS256"]'), "token header is not a JSON object", id="header-array"
+    ),
     # Time claims
     pytest.param(lambda live: signed(exp=NOW - LEEWAY - 1), EXPIRED, id="exp-61s-ago"),
     pytest.param(lambda live: signed(exp=NOW - LEEWAY), EXPIRED, id="exp-at-leeway-edge"),
-    pytest.param(lambda live: signed(exp=NOW - 86400, nbf=NOW - 86400 - 300), EXPIRED, id="exp-day-ago"),
     pytest.param(
-        lambda live: signed(nbf=NOW + LEEWAY + 1), "token is not valid yet (nbf)", id="nbf-61s-ahead"
+        lambda live: signed(exp=NOW - 86400, nbf=NOW - 86400 - 300), EXPIRED, id="exp-day-ago"
+    ),
+    pytest.param(
+        lambda live: signed(nbf=NOW + LEEWAY + 1),
+        "token is not valid yet (nbf)",
+        id="nbf-61s-ahead",
     ),
     pytest.param(
         lambda live: signed(iat=NOW + 3600), "token is not valid yet (iat)", id="iat-hour-ahead"
     ),
     pytest.param(lambda live: signed(exp=DROP), "token has no exp claim", id="exp-missing"),
-    pytest.param(lambda live: signed(exp=str(NOW + 300)), "exp claim must be an integer", id="exp-string"),
-    pytest.param(lambda live: signed(exp=NOW + 300.0), "exp claim must be an integer", id="exp-float"),
+    pytest.param(
+        lambda live: signed(exp=str(NOW + 300)), "exp claim must be an integer", id="exp-string"
+    ),
+    pytest.param(
+        lambda live: signed(exp=NOW + 300.0), "exp claim must be an integer", id="exp-float"
+    ),
     pytest.param(lambda live: signed(exp=True), "exp claim must be an integer", id="exp-true"),
     pytest.param(lambda live: signed(exp=None), "exp claim must be an integer", id="exp-null"),
     pytest.param(lambda live: signed(aud="livekit"), "token has an aud claim", id="aud"),
@@ -788,29 +974,45 @@ FORGED = [
     # The body's hash
     pytest.param(lambda live: signed(sha256=DROP), NO_SHA256, id="sha256-missing"),
     pytest.param(lambda live: signed(sha256=""), NO_SHA256, id="sha256-empty"),
-    pytest.param(lambda live: signed(sha256=body_sha256(OTHER_BODY)), MISMATCH, id="sha256-other-body"),
+    pytest.param(
+        lambda live: signed(sha256=body_sha256(OTHER_BODY)), MISMATCH, id="sha256-other-body"
+    ),
     pytest.param(lambda live: signed(sha256=body_sha256(b"")), MISMATCH, id="sha256-empty-body"),
-    pytest.param(lambda live: signed(sha256=body_sha256(BODY + b"\n")), MISMATCH, id="sha256-body-plus-lf"),
+    pytest.param(
+        lambda live: signed(sha256=body_sha256(BODY + b"\n")), MISMATCH, id="sha256-body-plus-lf"
+    ),
     pytest.param(lambda live: signed(sha256=_sha256_hex()), SHA256_FORMAT, id="sha256-hex"),
     pytest.param(
         lambda live: signed(sha256=b64url(hashlib.sha256(BODY).digest()) + "="),
         SHA256_FORMAT,
         id="sha256-url-safe",
     ),
-    pytest.param(lambda live: signed(sha256=body_sha256(BODY)[:-1]), SHA256_FORMAT, id="sha256-unpadded"),
-    pytest.param(lambda live: signed(sha256=body_sha256(BODY) + "\n"), SHA256_FORMAT, id="sha256-plus-lf"),
+    pytest.param(
+        lambda live: signed(sha256=body_sha256(BODY)[:-1]), SHA256_FORMAT, id="sha256-unpadded"
+    ),
+    pytest.param(
+        lambda live: signed(sha256=body_sha256(BODY) + "\n"), SHA256_FORMAT, id="sha256-plus-lf"
+    ),
     pytest.param(lambda live: signed(sha256=1), "sha256 claim must be a string", id="sha256-int"),
     # The signature segment and the segment count
-    pytest.param(lambda live: forge().rpartition(".")[0] + ".", BAD_SIGNATURE, id="signature-stripped"),
+    pytest.param(
+        lambda live: forge().rpartition(".")[0] + ".", BAD_SIGNATURE, id="signature-stripped"
+    ),
     pytest.param(lambda live: forge().rpartition(".")[0], SEGMENTS, id="signature-segment-removed"),
     pytest.param(
-        lambda live: forge() + "=", "token signature is not canonical unpadded base64url", id="signature-padded"
+        lambda live: forge() + "=",
+        "token signature is not canonical unpadded base64url",
+        id="signature-padded",
     ),
     pytest.param(lambda live: forge() + ".AAAAAAAAAAAA", SEGMENTS, id="four-segments"),
     pytest.param(lambda live: forge() + "..", SEGMENTS, id="five-segments"),
-    pytest.param(lambda live: "Basic " + base64.b64encode(b"user:pass").decode(), SEGMENTS, id="basic-auth"),
     pytest.param(
-        lambda live: forge()[:-1] + "\xe9", "token signature is not canonical unpadded base64url", id="latin-1-byte"
+        lambda live: "Basic " + base64.b64encode(b"user:pass").decode(), SEGMENTS, id="basic-auth"
+    ),
+    pytest.param(
+        lambda live: forge()[:-1] + "\xe9",
+        "token signature is not canonical unpadded base64url",
+        id="latin-1-byte",
     ),
     # A real access token from this server is no webhook token
     pytest.param(lambda live: minted(live), NO_SHA256, id="minted-by-token-endpoint"),
@@ -855,7 +1057,12 @@ def test_two_authorization_headers_on_a_webhook_are_refused(start_server, first_
     pair = [("Authorization", unsigned({"alg": "none"})), ("Authorization", forge())]
     if not first_is_forged:
         pair.reverse()
-    headers = [HOST, ("Content-Type", "application/webhook+json"), ("Content-Length", str(len(BODY))), *pair]
+    headers = [
+        HOST,
+        ("Content-Type", "application/webhook+json"),
+        ("Content-Length", str(len(BODY))),
+        *pair,
+    ]
     (response,) = live.ask(build("POST", "/webhook", headers, BODY))
     # The runner joins repeated fields with ", " (RFC 9110 §5.3), as WSGI servers do: the
     # joined value is no token, whichever of the two is genuine.
@@ -885,7 +1092,9 @@ def test_genuine_webhook_variants_are_accepted(start_server, authorization):
 def test_forged_webhooks_on_one_keep_alive_connection_never_reach_the_handler(start_server):
     calls: list = []
     live = start_server(on_event=recorder(calls))
-    forgeries = [forged for forged in (param.values[0](live) for param in FORGED) if forged is not None]
+    forgeries = [
+        forged for forged in (param.values[0](live) for param in FORGED) if forged is not None
+    ]
     with live.connect() as sock:
         rest = b""
         for index, forged in enumerate(forgeries):
@@ -1037,73 +1246,135 @@ def _raise_fd_limit(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
-def burst(address: tuple, requests: list, deadline: float) -> list:
-    """Connect all at once, send each request, read each answer with a selector.
+# What a client sees of a connection closed to make room: the end of the stream or a
+# reset, and not a byte of an answer.
+UNANSWERED = "closed unanswered"
 
-    Returns one outcome per request: a Response, or a string naming what went wrong.
+
+@dataclasses.dataclass
+class _Client:
+    """One connection of a burst: its request, how long it was silent, and what came back."""
+
+    request: bytes  # what is left to send
+    opened: float  # time.monotonic() before it connected
+    silent: float = math.inf  # from `opened` until the request had all gone, or the send failed
+    received: bytes = b""
+    outcome: object = None  # a Response, UNANSWERED, or a string naming what went wrong
+
+
+def _send_some(sock: socket.socket, client: _Client) -> bool:
+    """Send what is left of the request; whether it has all gone."""
+    sent = sock.send(client.request)
+    client.request = client.request[sent:]
+    if client.request:
+        return False
+    client.silent = time.monotonic() - client.opened
+    return True
+
+
+def _ended_early(client: _Client, how: str) -> str:
+    """The outcome of a connection that ended (`how`) before a whole answer came."""
+    return f"{how} mid-answer: {client.received[:100]!r}" if client.received else UNANSWERED
+
+
+def _connect(address: tuple, request: bytes, selector: selectors.BaseSelector) -> tuple:
+    """(socket, _Client): connected, and the request sent at once if it can be, as a client does."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    client = _Client(request, time.monotonic())
+    sock.connect_ex(address)
+    try:
+        # On loopback the handshake is usually done by now.
+        if _send_some(sock, client):
+            selector.register(sock, selectors.EVENT_READ)
+            return sock, client
+    except OSError:
+        pass  # not connected yet (EAGAIN), or failed: the selector says which
+    selector.register(sock, selectors.EVENT_WRITE)
+    return sock, client
+
+
+def _on_ready(sock: socket.socket, events: int, client: _Client, selector) -> object:
+    """Send or read what the socket is ready for: the outcome once there is one, else None."""
+    try:
+        if events & selectors.EVENT_WRITE:
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                raise OSError(error, "connect failed")
+            if _send_some(sock, client):
+                selector.modify(sock, selectors.EVENT_READ)
+            return None
+        chunk = sock.recv(65536)
+        if not chunk:
+            return _ended_early(client, "closed")
+        client.received += chunk
+        parsed = parse_response(client.received)
+        return None if parsed is None else parsed[0]
+    except (BlockingIOError, InterruptedError):
+        return None
+    except (ConnectionResetError, BrokenPipeError) as err:
+        # Silent until now, if the send failed: min() keeps when a request went whole.
+        client.silent = min(client.silent, time.monotonic() - client.opened)
+        return _ended_early(client, type(err).__name__)
+    except OSError as err:
+        return f"{type(err).__name__}: {err}"
+
+
+def burst(address: tuple, requests: list, deadline: float) -> list:
+    """Connect all at once, each sending its request as soon as it can; read with a selector.
+
+    Returns a _Client per request, with its outcome and how long it was silent.
     """
     selector = selectors.DefaultSelector()
-    outcomes: list = [None] * len(requests)
-    pending = {}
+    clients: list = []
+    pending: dict = {}  # socket -> _Client, until it has an outcome
     try:
-        for index, request in enumerate(requests):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            sock.connect_ex(address)
-            pending[sock] = [index, request, b""]
-            selector.register(sock, selectors.EVENT_WRITE)
+        for request in requests:
+            sock, client = _connect(address, request, selector)
+            clients.append(client)
+            pending[sock] = client
         while pending and time.monotonic() < deadline:
             for key, events in selector.select(timeout=max(deadline - time.monotonic(), 0.01)):
                 sock = key.fileobj
-                state = pending[sock]
-                try:
-                    if events & selectors.EVENT_WRITE:
-                        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                        if error:
-                            raise OSError(error, "connect failed")
-                        sent = sock.send(state[1])
-                        state[1] = state[1][sent:]
-                        if not state[1]:
-                            selector.modify(sock, selectors.EVENT_READ)
-                        continue
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        outcome = f"closed before a whole answer: {state[2][:100]!r}"
-                    else:
-                        state[2] += chunk
-                        parsed = parse_response(state[2])
-                        if parsed is None:
-                            continue
-                        outcome = parsed[0]
-                except (BlockingIOError, InterruptedError):
+                outcome = _on_ready(sock, events, pending[sock], selector)
+                if outcome is None:
                     continue
-                except OSError as err:
-                    outcome = f"{type(err).__name__}: {err}"
-                outcomes[state[0]] = outcome
+                pending[sock].outcome = outcome
                 selector.unregister(sock)
                 sock.close()
                 del pending[sock]
-        for sock, state in pending.items():
-            outcomes[state[0]] = f"hung: {state[2][:100]!r}"
+        for client in pending.values():
+            client.outcome = f"hung: {client.received[:100]!r}"
     finally:
         for sock in pending:
             selector.unregister(sock)
             sock.close()
         selector.close()
-    return outcomes
+    return clients
 
 
 def test_burst_of_500_connections_each_gets_an_answer(start_server):
     _raise_fd_limit(4 * BURST)
-    live = start_server(request_timeout=10.0, idle_timeout=10.0)  # max_connections 64, rate limit off
+    # max_connections 64, rate limit off
+    live = start_server(request_timeout=10.0, idle_timeout=10.0)
     requests = [token_request(f"burst{n}") for n in range(BURST)]
     started = time.monotonic()
-    outcomes = burst(live.address, requests, started + 20.0)
+    clients = burst(live.address, requests, started + 20.0)
     elapsed = time.monotonic() - started
-    problems = [outcome for outcome in outcomes if not isinstance(outcome, Response)]
+    # README, "A bound on connections": when all places are taken, a connection silent for
+    # MAKE_ROOM_AFTER since it connected may be closed, unanswered, to make room. This client
+    # shares the interpreter lock with the server's threads and can fall that far behind;
+    # every other connection is owed an answer.
+    problems = []
+    for client in clients:
+        if client.outcome == UNANSWERED and client.silent >= server.MAKE_ROOM_AFTER:
+            continue
+        if not isinstance(client.outcome, Response):
+            problems.append((client.outcome, f"silent {client.silent:.3f} s"))
     assert problems == [], problems[:5]
+    answers = [client.outcome for client in clients if isinstance(client.outcome, Response)]
     counts: dict = {}
-    for response in outcomes:
+    for response in answers:
         counts[response.status] = counts.get(response.status, 0) + 1
         if response.status == 200:
             assert set(response.json()) == {"token"}
@@ -1111,7 +1382,8 @@ def test_burst_of_500_connections_each_gets_an_answer(start_server):
             assert response.error == (503, "Server is busy; try again"), response.raw
             assert response.values("retry-after") == ["1"]
             assert response.values("connection") == ["close"]
-    print(f"burst of {BURST}: {counts} in {elapsed:.2f} s")
+    unanswered = len(clients) - len(answers)
+    print(f"burst of {BURST}: {counts}, {unanswered} unanswered, in {elapsed:.2f} s")
     assert set(counts) <= {200, 503} and counts.get(200, 0) > 0, counts
     assert wait_for(lambda: live.open_connections() == 0)
     assert live.healthy()
@@ -1167,6 +1439,7 @@ def test_keep_alive_connection_stays_usable_after_a_429(start_server):
 def test_the_same_signed_event_twice_is_200_twice_and_handled_once(start_server):
     calls: list = []
     live = start_server(on_event=recorder(calls))
+    first = len(LOG_RECORDS)
     for authorization, path in (
         (forge(), "/webhook"),
         (forge(), "/webhook"),  # the same request again
@@ -1175,8 +1448,17 @@ def test_the_same_signed_event_twice_is_200_twice_and_handled_once(start_server)
         (response,) = live.ask(webhook_request(authorization, path))
         assert (response.status, response.json()) == (200, {"status": "ok"})
     assert calls == [EVENT]
-    duplicates = [log_line(r) for r in LOG_RECORDS if r.getMessage() == "webhook duplicate"]
-    assert any(line.endswith(f'msg="webhook duplicate" id={EVENT["id"]}') for line in duplicates), duplicates
+    # The repeats' access lines say so; the request lines are written after each answer.
+    assert wait_for(
+        lambda: len([r for r in LOG_RECORDS[first:] if r.getMessage() == "request"]) == 3
+    )
+    lines = [log_line(r) for r in LOG_RECORDS[first:] if r.getMessage() == "request"]
+    duplicates = [
+        line
+        for line in lines
+        if line.endswith(f"id={EVENT['id']} room={EVENT['room']['name']} duplicate=true")
+    ]
+    assert len(duplicates) == 2, lines
 
 
 def test_the_same_event_sent_concurrently_is_handled_once(start_server):
@@ -1196,7 +1478,9 @@ def test_the_same_event_sent_concurrently_is_handled_once(start_server):
             sock.sendall(webhook_request(forge(), path))
             answers.append(read_response(sock)[0])
 
-    threads = [threading.Thread(target=send, args=(WEBHOOK_PATHS[n % 2],), daemon=True) for n in range(8)]
+    threads = [
+        threading.Thread(target=send, args=(WEBHOOK_PATHS[n % 2],), daemon=True) for n in range(8)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -1207,7 +1491,11 @@ def test_the_same_event_sent_concurrently_is_handled_once(start_server):
 
 
 def _handler_failures(first_log: int) -> list:
-    return [record for record in LOG_RECORDS[first_log:] if record.getMessage() == "webhook handler failed"]
+    return [
+        record
+        for record in LOG_RECORDS[first_log:]
+        if record.getMessage() == "webhook handler failed"
+    ]
 
 
 def test_handler_failure_is_500_then_the_retry_is_200(start_server):
@@ -1222,7 +1510,9 @@ def test_handler_failure_is_500_then_the_retry_is_200(start_server):
     first_log = len(LOG_RECORDS)
     (response,) = live.ask(webhook_request(forge()))
     assert response.error == (500, "Webhook handler failed")
-    (response,) = live.ask(webhook_request(forge(), "/livekit/webhook"))  # LiveKit retries after a 5xx
+    (response,) = live.ask(
+        webhook_request(forge(), "/livekit/webhook")
+    )  # LiveKit retries after a 5xx
     assert (response.status, response.json()) == (200, {"status": "ok"})
     (response,) = live.ask(webhook_request(forge()))  # a late retry of the same event
     assert (response.status, response.json()) == (200, {"status": "ok"})
@@ -1231,7 +1521,9 @@ def test_handler_failure_is_500_then_the_retry_is_200(start_server):
     assert failure.fields["id"] == EVENT["id"] and "RuntimeError" in log_line(failure)
 
 
-def test_a_failing_handler_is_logged_with_its_own_message_and_traceback_and_nothing_of_the_request(start_server):
+def test_a_failing_handler_is_logged_with_its_own_message_and_traceback_and_nothing_of_the_request(
+    start_server,
+):
     # The handler is the operator's own code: its message and traceback are what they need
     # to mend it, so both are logged. Nothing of the request is: not its token, not its body.
     def failing_handler(event: WebhookEvent) -> None:
@@ -1244,7 +1536,11 @@ def test_a_failing_handler_is_logged_with_its_own_message_and_traceback_and_noth
     assert response.error == (500, "Webhook handler failed")
     (failure,) = _handler_failures(first_log)
     line = log_line(failure)
-    assert "RuntimeError: database down" in line and "Traceback" in line and failure.exc_info is not None
+    assert (
+        "RuntimeError: database down" in line
+        and "Traceback" in line
+        and failure.exc_info is not None
+    )
     assert token not in line and SECRET not in line and "participant_joined" not in line, line
 
 

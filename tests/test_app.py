@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import ipaddress
 import json
 import logging
 import re
@@ -21,8 +22,14 @@ from livekit import api as sdk
 
 import livekit_auth
 from helpers import webhook_authorization
+import server
 from server import (
-    MAX_TOKEN_BODY_BYTES, MAX_WEBHOOK_BODY_BYTES, OPTIONAL_CLIENT_FIELDS, LogfmtFormatter, Settings, make_app,
+    MAX_TOKEN_BODY_BYTES,
+    MAX_WEBHOOK_BODY_BYTES,
+    OPTIONAL_CLIENT_FIELDS,
+    LogfmtFormatter,
+    Settings,
+    make_app,
 )
 from support_wsgi import Response, UnreadableInput, environ_for, run_app
 from vectors import body_sha256
@@ -32,7 +39,9 @@ API_KEY = "APItestkey"
 API_SECRET = "test-secret-that-must-never-leak-0123456789"
 ALL_CLIENT_FIELDS = frozenset(OPTIONAL_CLIENT_FIELDS)
 
-VECTORS = json.loads((Path(__file__).resolve().parent / "livekit-vectors.json").read_text(encoding="utf-8"))
+VECTORS = json.loads(
+    (Path(__file__).resolve().parent / "livekit-vectors.json").read_text(encoding="utf-8")
+)
 VECTOR = {vector["name"]: vector for vector in VECTORS["vectors"]}
 WEBHOOK_VECTORS = ["server-webhook", "sdk-webhook"]
 
@@ -78,7 +87,10 @@ def call(
     environ: dict = None,
 ) -> Response:
     """One request; `content_type`/`content_length` None leaves the header out; `environ` adds CGI variables."""
-    environ = {**environ_for(method, path, io.BytesIO(body) if wsgi_input is None else wsgi_input), **(environ or {})}
+    environ = {
+        **environ_for(method, path, io.BytesIO(body) if wsgi_input is None else wsgi_input),
+        **(environ or {}),
+    }
     if content_type is not None:
         environ["CONTENT_TYPE"] = content_type
     if content_length is AUTO:
@@ -163,7 +175,9 @@ def test_openvidu_token_equals_the_sdk_golden_vector_byte_for_byte():
     )
     # With the default rate limit, from a client address as every WSGI server gives one.
     response = post_json(
-        app, {"roomName": "Test Room", "participantName": "Participant42"}, environ={"REMOTE_ADDR": "192.0.2.1"}
+        app,
+        {"roomName": "Test Room", "participantName": "Participant42"},
+        environ={"REMOTE_ADDR": "192.0.2.1"},
     )
     assert (response.status, response.json()) == (200, {"token": vector["jwt"]})
 
@@ -171,7 +185,10 @@ def test_openvidu_token_equals_the_sdk_golden_vector_byte_for_byte():
 def test_token_with_the_rate_limit_on_and_no_remote_addr_is_served():
     app = app_for(rate_per_minute=60, rate_burst=1)
     body = {"roomName": "Test Room", "participantName": "Participant42"}
-    assert [post_json(app, body).status for _ in range(2)] == [200, 429]  # one bucket for "no address"
+    assert [post_json(app, body).status for _ in range(2)] == [
+        200,
+        429,
+    ]  # one bucket for "no address"
 
 
 @pytest.mark.parametrize("ttl", [1, 60, 86400], ids=["1s", "1min", "1day"])
@@ -182,7 +199,9 @@ def test_openvidu_token_lifetime_is_the_configured_ttl(ttl):
 
 
 def test_openvidu_token_verifies_with_the_sdk():
-    response = post_json(app_for(clock=time.time), {"roomName": "Test Room", "participantName": "Participant42"})
+    response = post_json(
+        app_for(clock=time.time), {"roomName": "Test Room", "participantName": "Participant42"}
+    )
     assert response.status == 200
     token = response.json()["token"]
     claims = verify_sdk(token)
@@ -194,7 +213,13 @@ def test_openvidu_token_verifies_with_the_sdk():
 
 
 def test_openvidu_shape_ignores_unknown_keys():
-    body = {"roomName": "r", "participantName": "p", "extra": 1, "roomConfig": {"x": 1}, "canPublish": False}
+    body = {
+        "roomName": "r",
+        "participantName": "p",
+        "extra": 1,
+        "roomConfig": {"x": 1},
+        "canPublish": False,
+    }
     response = post_json(app_for(), body)
     assert response.status == 200
     assert list(response.json()) == ["token"]
@@ -222,10 +247,15 @@ OPENVIDU_BAD_FIELDS = [
 ]
 
 
-@pytest.mark.parametrize("body", [row[0] for row in OPENVIDU_BAD_FIELDS], ids=[row[1] for row in OPENVIDU_BAD_FIELDS])
+@pytest.mark.parametrize(
+    "body", [row[0] for row in OPENVIDU_BAD_FIELDS], ids=[row[1] for row in OPENVIDU_BAD_FIELDS]
+)
 def test_openvidu_bad_fields_are_400(body):
     response = post_json(app_for(), body)
-    assert (response.status, response.json()) == (400, error("roomName and participantName are required"))
+    assert (response.status, response.json()) == (
+        400,
+        error("roomName and participantName are required"),
+    )
 
 
 REFUSED_CHARACTER = object()  # the message depends on the field: see name_message()
@@ -253,7 +283,9 @@ def name_message(field: str, message) -> str:
 
 
 @pytest.mark.parametrize("field", ["roomName", "participantName"])
-@pytest.mark.parametrize("value,message", [row[:2] for row in NAME_ROWS], ids=[row[2] for row in NAME_ROWS])
+@pytest.mark.parametrize(
+    "value,message", [row[:2] for row in NAME_ROWS], ids=[row[2] for row in NAME_ROWS]
+)
 def test_openvidu_bad_names_are_400(field, value, message):
     body = {"roomName": "r", "participantName": "p", field: value}
     response = post_json(app_for(), body)
@@ -286,7 +318,12 @@ def test_standard_token():
     claims = verify_ours(body["participant_token"])
     assert (claims.identity, claims.video.room, claims.video.room_join) == ("alice", "room-1", True)
     assert (claims.not_before, claims.expires_at) == (FIXED_NOW, FIXED_NOW + 900)
-    assert (claims.name, claims.metadata, claims.attributes, claims.room_config) == ("", "", {}, None)
+    assert (claims.name, claims.metadata, claims.attributes, claims.room_config) == (
+        "",
+        "",
+        {},
+        None,
+    )
 
 
 def test_standard_token_verifies_with_the_sdk():
@@ -316,20 +353,30 @@ def test_standard_token_fills_in_random_room_and_identity(body, room, identity):
 
 
 def test_standard_token_random_names_differ_between_requests():
-    tokens = [post_json(app_for(), {"participant_name": "A"}).json()["participant_token"] for _ in range(2)]
+    tokens = [
+        post_json(app_for(), {"participant_name": "A"}).json()["participant_token"]
+        for _ in range(2)
+    ]
     first, second = (verify_ours(token) for token in tokens)
     assert first.identity != second.identity
     assert first.video.room != second.video.room
 
 
 def test_standard_token_participant_name_is_allowed_by_default():
-    response = post_json(app_for(), {"room_name": "r", "participant_identity": "u", "participant_name": "Alice A."})
+    response = post_json(
+        app_for(), {"room_name": "r", "participant_identity": "u", "participant_name": "Alice A."}
+    )
     assert response.status == 201
     assert verify_ours(response.json()["participant_token"]).name == "Alice A."
 
 
 FORBIDDEN_ROWS = [
-    ({"participant_metadata": "m"}, frozenset(("participant_name",)), "participant_metadata", "default-metadata"),
+    (
+        {"participant_metadata": "m"},
+        frozenset(("participant_name",)),
+        "participant_metadata",
+        "default-metadata",
+    ),
     (
         {"participant_attributes": {"a": "b"}},
         frozenset(("participant_name",)),
@@ -340,23 +387,40 @@ FORBIDDEN_ROWS = [
     ({"participant_name": "n"}, frozenset(), "participant_name", "none-name"),
     ({"participant_metadata": ""}, frozenset(), "participant_metadata", "none-empty-metadata"),
     pytest.param(
-        {"room_config": None}, frozenset(("participant_name",)), "room_config", id="default-null-room_config",
+        {"room_config": None},
+        frozenset(("participant_name",)),
+        "room_config",
+        id="default-null-room_config",
     ),
     pytest.param(
-        {"participant_metadata": 5}, frozenset(), "participant_metadata", id="none-number-metadata",
+        {"participant_metadata": 5},
+        frozenset(),
+        "participant_metadata",
+        id="none-number-metadata",
     ),
-    ({"participant_metadata": "m"}, frozenset(("room_config",)), "participant_metadata", "other-field-allowed"),
+    (
+        {"participant_metadata": "m"},
+        frozenset(("room_config",)),
+        "participant_metadata",
+        "other-field-allowed",
+    ),
 ]
 
 
 @pytest.mark.parametrize(
     "extra,client_fields,field",
-    [row if isinstance(row, type(pytest.param())) else pytest.param(*row[:3], id=row[3]) for row in FORBIDDEN_ROWS],
+    [
+        row if isinstance(row, type(pytest.param())) else pytest.param(*row[:3], id=row[3])
+        for row in FORBIDDEN_ROWS
+    ],
 )
 def test_standard_fields_not_allowed_by_settings_are_403(extra, client_fields, field):
     body = {"room_name": "r", "participant_identity": "u", **extra}
     response = post_json(app_for(client_fields=client_fields), body)
-    assert (response.status, response.json()) == (403, error(f"{field} may not be set by clients on this server"))
+    assert (response.status, response.json()) == (
+        403,
+        error(f"{field} may not be set by clients on this server"),
+    )
 
 
 RICH_REQUEST = {
@@ -379,7 +443,7 @@ def test_standard_token_with_every_client_field():
     assert claims.metadata == '{"role":"host"}'
     assert claims.attributes == {"team": "red", "seat": "3"}
     # Passed through as received, not converted to camelCase.
-    assert claims.room_config == {"agents": [{"agent_name": "a"}]}
+    assert claims.room_config.to_dict() == {"agents": [{"agent_name": "a"}]}
     assert claims.payload["roomConfig"] == {"agents": [{"agent_name": "a"}]}
 
 
@@ -387,7 +451,11 @@ def test_standard_token_with_every_client_field_verifies_with_the_sdk():
     response = post_json(app_for(clock=time.time, client_fields=ALL_CLIENT_FIELDS), RICH_REQUEST)
     assert response.status == 201
     claims = verify_sdk(response.json()["participant_token"])
-    assert (claims.identity, claims.name, claims.metadata) == ("alice", "Alice A.", '{"role":"host"}')
+    assert (claims.identity, claims.name, claims.metadata) == (
+        "alice",
+        "Alice A.",
+        '{"role":"host"}',
+    )
     assert claims.attributes == {"team": "red", "seat": "3"}
     assert claims.video.room == "room-1"
     assert len(claims.room_config.agents) == 1
@@ -403,7 +471,11 @@ STANDARD_TYPE_ROWS = [
     ({"participant_identity": {}}, "participant_identity must be a string", "identity-object"),
     ({"participant_name": 1}, "participant_name must be a string", "name-number"),
     ({"participant_name": None}, "participant_name must be a string", "name-null"),
-    ({"participant_metadata": {"role": "host"}}, "participant_metadata must be a string", "metadata-object"),
+    (
+        {"participant_metadata": {"role": "host"}},
+        "participant_metadata must be a string",
+        "metadata-object",
+    ),
     ({"participant_metadata": False}, "participant_metadata must be a string", "metadata-bool"),
     ({"participant_attributes": "team=red"}, ATTRIBUTES_MESSAGE, "attributes-string"),
     ({"participant_attributes": ["a"]}, ATTRIBUTES_MESSAGE, "attributes-list"),
@@ -419,7 +491,9 @@ STANDARD_TYPE_ROWS = [
 
 
 @pytest.mark.parametrize(
-    "extra,message", [row[:2] for row in STANDARD_TYPE_ROWS], ids=[row[2] for row in STANDARD_TYPE_ROWS]
+    "extra,message",
+    [row[:2] for row in STANDARD_TYPE_ROWS],
+    ids=[row[2] for row in STANDARD_TYPE_ROWS],
 )
 def test_standard_wrong_types_are_400(extra, message):
     body = {"room_name": "r", "participant_identity": "u", **extra}
@@ -428,7 +502,9 @@ def test_standard_wrong_types_are_400(extra, message):
 
 
 @pytest.mark.parametrize("field", ["room_name", "participant_identity", "participant_name"])
-@pytest.mark.parametrize("value,message", [row[:2] for row in NAME_ROWS], ids=[row[2] for row in NAME_ROWS])
+@pytest.mark.parametrize(
+    "value,message", [row[:2] for row in NAME_ROWS], ids=[row[2] for row in NAME_ROWS]
+)
 def test_standard_bad_names_are_400(field, value, message):
     body = {"room_name": "r", "participant_identity": "u", field: value}
     response = post_json(app_for(client_fields=ALL_CLIENT_FIELDS), body)
@@ -524,14 +600,30 @@ NOT_A_JSON_OBJECT = [
     (b'{"roomName":"r\xff","participantName":"p"}', NOT_UTF8, "invalid-utf8"),
     (b'{"roomName":"\xed\xa0\x80","participantName":"p"}', NOT_UTF8, "utf8-encoded-surrogate"),
     ('{"roomName":"r","participantName":"p"}'.encode("utf-16"), NOT_UTF8, "utf16-bom"),
-    ('{"roomName":"r","participantName":"p"}'.encode("utf-16-le"), NOT_JSON, "utf16-le"),  # ASCII and NULs: UTF-8
+    (
+        '{"roomName":"r","participantName":"p"}'.encode("utf-16-le"),
+        NOT_JSON,
+        "utf16-le",
+    ),  # ASCII and NULs: UTF-8
     ('{"roomName":"r","participantName":"p"}'.encode("utf-32"), NOT_UTF8, "utf32"),
     (b'\xef\xbb\xbf{"roomName":"r","participantName":"p"}', NOT_JSON, "utf8-bom"),
     (b'{"roomName":"\\ud800","participantName":"p"}', SURROGATE, "lone-surrogate-escape"),
     (b'{"roomName":"\\udfff","participantName":"p"}', SURROGATE, "lone-low-surrogate-escape"),
-    (b'{"roomName":"\\ude00\\ud83d","participantName":"p"}', SURROGATE, "surrogates-in-the-wrong-order"),
-    (b'{"roomName":"r","participantName":"p","participantName":"q"}', DUPLICATE_KEY, "duplicate-key"),
-    (b'{"roomName":"r","participantName":"p","x":{"a":1,"a":1}}', DUPLICATE_KEY, "nested-duplicate-key"),
+    (
+        b'{"roomName":"\\ude00\\ud83d","participantName":"p"}',
+        SURROGATE,
+        "surrogates-in-the-wrong-order",
+    ),
+    (
+        b'{"roomName":"r","participantName":"p","participantName":"q"}',
+        DUPLICATE_KEY,
+        "duplicate-key",
+    ),
+    (
+        b'{"roomName":"r","participantName":"p","x":{"a":1,"a":1}}',
+        DUPLICATE_KEY,
+        "nested-duplicate-key",
+    ),
     (REQUEST_HEAD + b"NaN}", NAN, "NaN"),
     (REQUEST_HEAD + b"Infinity}", NAN, "Infinity"),
     (REQUEST_HEAD + b"-Infinity}", NAN, "minus-Infinity"),
@@ -545,7 +637,9 @@ NOT_A_JSON_OBJECT = [
 
 
 @pytest.mark.parametrize(
-    "body,message", [row[:2] for row in NOT_A_JSON_OBJECT], ids=[row[2] for row in NOT_A_JSON_OBJECT]
+    "body,message",
+    [row[:2] for row in NOT_A_JSON_OBJECT],
+    ids=[row[2] for row in NOT_A_JSON_OBJECT],
 )
 def test_body_that_is_not_a_strict_json_object_is_400_naming_the_rule(body, message):
     assert len(body) <= MAX_TOKEN_BODY_BYTES
@@ -570,11 +664,18 @@ def test_json_just_inside_each_rule_is_taken(body):
 
 @pytest.mark.parametrize(
     "content_type",
-    ["application/json", "application/json; charset=utf-8", "application/json;charset=UTF-8", "Application/JSON"],
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/json;charset=UTF-8",
+        "Application/JSON",
+    ],
     ids=["plain", "charset", "charset-no-space", "upper-case"],
 )
 def test_json_content_types_are_accepted(content_type):
-    response = post_json(app_for(), {"roomName": "r", "participantName": "p"}, content_type=content_type)
+    response = post_json(
+        app_for(), {"roomName": "r", "participantName": "p"}, content_type=content_type
+    )
     assert response.status == 200
 
 
@@ -593,8 +694,13 @@ def test_json_content_types_are_accepted(content_type):
     ids=["missing", "empty", "text-plain", "form", "jsonx", "json-patch", "text-json", "multipart"],
 )
 def test_other_content_types_are_415(content_type):
-    response = post_json(app_for(), {"roomName": "r", "participantName": "p"}, content_type=content_type)
-    assert (response.status, response.json()) == (415, error("Content-Type must be application/json"))
+    response = post_json(
+        app_for(), {"roomName": "r", "participantName": "p"}, content_type=content_type
+    )
+    assert (response.status, response.json()) == (
+        415,
+        error("Content-Type must be application/json"),
+    )
 
 
 def test_missing_content_length_is_411():
@@ -622,19 +728,29 @@ INVALID_LENGTHS = [
 ]
 
 
-@pytest.mark.parametrize("length", [row[0] for row in LENIENT_INT_LENGTHS], ids=[row[1] for row in LENIENT_INT_LENGTHS])
+@pytest.mark.parametrize(
+    "length", [row[0] for row in LENIENT_INT_LENGTHS], ids=[row[1] for row in LENIENT_INT_LENGTHS]
+)
 def test_content_length_that_int_would_take_is_400(length):
     body = b'{"roomName":"r","participantName":"p"}'
     assert len(body) == 38
     response = call(app_for(), "POST", "/token", body, content_length=length)
-    assert (response.status, response.json()) == (400, error("Content-Length must be a decimal number"))
+    assert (response.status, response.json()) == (
+        400,
+        error("Content-Length must be a decimal number"),
+    )
 
 
-@pytest.mark.parametrize("length", [row[0] for row in INVALID_LENGTHS], ids=[row[1] for row in INVALID_LENGTHS])
+@pytest.mark.parametrize(
+    "length", [row[0] for row in INVALID_LENGTHS], ids=[row[1] for row in INVALID_LENGTHS]
+)
 def test_content_length_that_is_not_a_number_is_400(length):
     body = b'{"roomName":"r","participantName":"p"}'
     response = call(app_for(), "POST", "/token", body, content_length=length, validate=False)
-    assert (response.status, response.json()) == (400, error("Content-Length must be a decimal number"))
+    assert (response.status, response.json()) == (
+        400,
+        error("Content-Length must be a decimal number"),
+    )
 
 
 def test_content_length_with_leading_zeros_is_a_number():
@@ -644,8 +760,13 @@ def test_content_length_with_leading_zeros_is_a_number():
 
 
 def test_body_shorter_than_content_length_is_400():
-    response = call(app_for(), "POST", "/token", b'{"roomName":"r","participantName":"p"}', content_length="100")
-    assert (response.status, response.json()) == (400, error("Request body is shorter than Content-Length"))
+    response = call(
+        app_for(), "POST", "/token", b'{"roomName":"r","participantName":"p"}', content_length="100"
+    )
+    assert (response.status, response.json()) == (
+        400,
+        error("Request body is shorter than Content-Length"),
+    )
 
 
 def test_body_of_exactly_the_limit_is_read():
@@ -660,7 +781,10 @@ def test_body_of_exactly_the_limit_is_read():
 def test_token_body_over_16_kib_is_413_and_not_read(length):
     wsgi_input = UnreadableInput()
     response = call(app_for(), "POST", "/token", content_length=length, wsgi_input=wsgi_input)
-    assert (response.status, response.json()) == (413, error("Request body must be at most 16384 bytes"))
+    assert (response.status, response.json()) == (
+        413,
+        error("Request body must be at most 16384 bytes"),
+    )
     assert not wsgi_input.touched
 
 
@@ -673,7 +797,9 @@ WEBHOOK_PATHS = ["/webhook", "/livekit/webhook"]
 
 @pytest.mark.parametrize("path", WEBHOOK_PATHS)
 @pytest.mark.parametrize("vector_name", WEBHOOK_VECTORS)
-@pytest.mark.parametrize("prefix", ["", "Bearer ", "bearer "], ids=["bare", "Bearer", "bearer-lower"])
+@pytest.mark.parametrize(
+    "prefix", ["", "Bearer ", "bearer "], ids=["bare", "Bearer", "bearer-lower"]
+)
 def test_webhook_golden_vectors_are_accepted(path, vector_name, prefix):
     vector = VECTOR[vector_name]
     events: list = []
@@ -692,9 +818,12 @@ def test_webhook_golden_vectors_are_accepted(path, vector_name, prefix):
 def test_webhook_without_on_event_is_200():
     vector = VECTOR["server-webhook"]
     app = make_app(
-        Settings(api_key=VECTORS["api_key"], api_secret=VECTORS["api_secret"]), clock=lambda: vector["now"]
+        Settings(api_key=VECTORS["api_key"], api_secret=VECTORS["api_secret"]),
+        clock=lambda: vector["now"],
     )
-    response = call(app, "POST", "/webhook", vector["body"].encode(), headers={"Authorization": vector["jwt"]})
+    response = call(
+        app, "POST", "/webhook", vector["body"].encode(), headers={"Authorization": vector["jwt"]}
+    )
     assert (response.status, response.json()) == (200, {"status": "ok"})
 
 
@@ -704,7 +833,13 @@ def test_webhook_without_authorization_is_401(path, authorization):
     vector = VECTOR["server-webhook"]
     events: list = []
     headers = {} if authorization is None else {"Authorization": authorization}
-    response = call(webhook_app("server-webhook", events), "POST", path, vector["body"].encode(), headers=headers)
+    response = call(
+        webhook_app("server-webhook", events),
+        "POST",
+        path,
+        vector["body"].encode(),
+        headers=headers,
+    )
     assert (response.status, response.json()) == (401, error("Authorization header is required"))
     assert events == []
 
@@ -782,11 +917,13 @@ def test_webhook_signed_with_another_secret_is_401():
     vector = VECTOR["server-webhook"]
     events: list = []
     app = make_app(
-        Settings(api_key=VECTORS["api_key"], api_secret="another-secret"),
+        Settings(api_key=VECTORS["api_key"], api_secret="another-secret-of-32-characters-or-more"),
         clock=lambda: vector["now"],
         on_event=events.append,
     )
-    response = call(app, "POST", "/webhook", vector["body"].encode(), headers={"Authorization": vector["jwt"]})
+    response = call(
+        app, "POST", "/webhook", vector["body"].encode(), headers={"Authorization": vector["jwt"]}
+    )
     assert (response.status, response.json()) == (401, error("token signature does not match"))
     assert events == []
 
@@ -797,7 +934,10 @@ def test_webhook_authorized_by_a_token_from_our_token_endpoint_is_401():
     token = post_json(app, {"roomName": "r", "participantName": "p"}).json()["token"]
     body = b'{"event":"room_started","room":{"name":"r"}}'
     response = call(app, "POST", "/webhook", body, headers={"Authorization": token})
-    assert (response.status, response.json()) == (401, error("token has no sha256 claim: not a webhook token"))
+    assert (response.status, response.json()) == (
+        401,
+        error("token has no sha256 claim: not a webhook token"),
+    )
     assert events == []
 
 
@@ -809,9 +949,17 @@ NOT_AN_EVENT = [
     (b'{"event":null}', 'body has no "event" string', "null-event"),
     (b"not json", "body is not a JSON object", "not-json"),
     (b"", "body is not a JSON object", "empty-body"),
-    (b'{"event":"room_started","event":"room_finished"}', "body is not a JSON object", "duplicate-key"),
+    (
+        b'{"event":"room_started","event":"room_finished"}',
+        "body is not a JSON object",
+        "duplicate-key",
+    ),
     (b'{"event":"room_started","x":NaN}', "body is not a JSON object", "NaN"),
-    (b'{"event":"room_started","x":' + b"1" * 5000 + b"}", "body is not a JSON object", "integer-5000-digits"),
+    (
+        b'{"event":"room_started","x":' + b"1" * 5000 + b"}",
+        "body is not a JSON object",
+        "integer-5000-digits",
+    ),
     (
         b'{"event":"room_started","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
         "body is not a JSON object",
@@ -821,7 +969,9 @@ NOT_AN_EVENT = [
 ]
 
 
-@pytest.mark.parametrize("body,message", [row[:2] for row in NOT_AN_EVENT], ids=[row[2] for row in NOT_AN_EVENT])
+@pytest.mark.parametrize(
+    "body,message", [row[:2] for row in NOT_AN_EVENT], ids=[row[2] for row in NOT_AN_EVENT]
+)
 def test_webhook_with_a_signed_body_that_is_not_an_event_is_400(body, message):
     events: list = []
     app = app_for(on_event=events.append)
@@ -836,7 +986,9 @@ def test_webhook_signed_by_us_is_accepted():
     app = app_for(on_event=events.append)
     response = call(app, "POST", "/webhook", body, headers={"Authorization": signed_webhook(body)})
     assert (response.status, response.json()) == (200, {"status": "ok"})
-    assert [event.to_dict() for event in events] == [{"event": "room_finished", "room": {"name": "r"}, "id": "EV_1"}]
+    assert [event.to_dict() for event in events] == [
+        {"event": "room_finished", "room": {"name": "r"}, "id": "EV_1"}
+    ]
 
 
 @pytest.mark.parametrize("path", WEBHOOK_PATHS)
@@ -848,7 +1000,9 @@ def test_webhook_signed_by_the_sdk_is_accepted(path, prefix):
     jwt = token.with_ttl(datetime.timedelta(minutes=5)).to_jwt()  # the SDK mints on the real clock
     app = app_for(clock=time.time, on_event=events.append)
     headers = {"Authorization": prefix + jwt}
-    response = call(app, "POST", path, body, content_type="application/webhook+json", headers=headers)
+    response = call(
+        app, "POST", path, body, content_type="application/webhook+json", headers=headers
+    )
     assert (response.status, response.json()) == (200, {"status": "ok"})
     assert [event.to_dict() for event in events] == [json.loads(body)]
 
@@ -865,9 +1019,16 @@ def test_on_event_receives_a_webhook_event_read_by_attribute():
     [event] = events
     assert type(event) is livekit_auth.WebhookEvent
     assert (event.event, event.id, event.room.name, event.participant.identity) == (
-        "participant_joined", "EV_7", "Test Room", "alice"
+        "participant_joined",
+        "EV_7",
+        "Test Room",
+        "alice",
     )
-    assert (event.room.sid, event.participant.name, event.created_at) == ("RM_1", "Alice", 1735689600)
+    assert (event.room.sid, event.participant.name, event.created_at) == (
+        "RM_1",
+        "Alice",
+        1735689600,
+    )
     assert event.to_dict() == json.loads(body)
     assert event.track.sid == ""  # a message the event lacks reads as empty, as in protobuf
 
@@ -890,7 +1051,9 @@ def _handler_failure_app(calls: list, message: str):
 def test_webhook_handler_failure_is_500():
     calls: list = []
     app, vector = _handler_failure_app(calls, f"handler broke with {API_SECRET}")
-    response = call(app, "POST", "/webhook", vector["body"].encode(), headers={"Authorization": vector["jwt"]})
+    response = call(
+        app, "POST", "/webhook", vector["body"].encode(), headers={"Authorization": vector["jwt"]}
+    )
     assert (response.status, response.json()) == (500, error("Webhook handler failed"))
     assert len(calls) == 1
     assert API_SECRET.encode() not in response.body
@@ -900,17 +1063,29 @@ def test_webhook_handler_failure_is_logged_with_its_message_and_traceback(caplog
     calls: list = []
     app, vector = _handler_failure_app(calls, "the database is down")
     with caplog.at_level(logging.INFO, logger="livekit_token_server"):
-        response = call(app, "POST", "/webhook", vector["body"].encode(), headers={"Authorization": vector["jwt"]})
+        response = call(
+            app,
+            "POST",
+            "/webhook",
+            vector["body"].encode(),
+            headers={"Authorization": vector["jwt"]},
+        )
     assert (response.status, response.json()) == (500, error("Webhook handler failed"))
-    assert b"database" not in response.body  # the handler's message is for the log, not for the caller
-    [record] = [record for record in caplog.records if record.getMessage() == "webhook handler failed"]
+    assert (
+        b"database" not in response.body
+    )  # the handler's message is for the log, not for the caller
+    [record] = [
+        record for record in caplog.records if record.getMessage() == "webhook handler failed"
+    ]
     assert (record.name, record.levelname) == ("livekit_token_server", "ERROR")
     assert record.fields == {"id": json.loads(vector["body"]).get("id", "")}
     kind, raised, _ = record.exc_info
     assert (kind, str(raised)) == (RuntimeError, "the database is down")
     line = LogfmtFormatter().format(record)
     assert line.startswith("time=") and 'msg="webhook handler failed"' in line
-    assert "Traceback (most recent call last)" in line and "RuntimeError: the database is down" in line
+    assert (
+        "Traceback (most recent call last)" in line and "RuntimeError: the database is down" in line
+    )
     assert "\n" not in line  # one line: the traceback is a quoted field
 
 
@@ -919,12 +1094,24 @@ def test_each_webhook_event_is_logged_with_fields(caplog):
     app = app_for()
     with caplog.at_level(logging.INFO, logger="livekit_token_server"):
         for _ in range(2):
-            response = call(app, "POST", "/webhook", body, headers={"Authorization": signed_webhook(body)})
+            response = call(
+                app, "POST", "/webhook", body, headers={"Authorization": signed_webhook(body)}
+            )
             assert response.status == 200
-    records = [(r.getMessage(), r.fields) for r in caplog.records if r.getMessage().startswith("webhook")]
-    assert records == [
-        ("webhook event", {"event": "participant_left", "id": "EV_9", "room": "r", "participant": "p"}),
-        ("webhook duplicate", {"id": "EV_9"}),
+    # One line per request, written by the app when no runner writes it (as under wsgiref here).
+    records = [
+        (r.getMessage(), r.fields) for r in caplog.records if r.name == "livekit_token_server"
+    ]
+    facts = {"client": "127.0.0.1", "method": "POST", "path": "/webhook", "status": 200}
+    assert [
+        (message, {key: value for key, value in fields.items() if key != "duration_ms"})
+        for message, fields in records
+    ] == [
+        ("request", {**facts, "event": "participant_left", "id": "EV_9", "room": "r"}),
+        (
+            "request",
+            {**facts, "event": "participant_left", "id": "EV_9", "room": "r", "duplicate": "true"},
+        ),
     ]
 
 
@@ -954,10 +1141,15 @@ def test_webhook_content_length_is_parsed_strictly(length):
         content_length=length,
         headers={"Authorization": vector["jwt"]},
     )
-    assert (response.status, response.json()) == (400, error("Content-Length must be a decimal number"))
+    assert (response.status, response.json()) == (
+        400,
+        error("Content-Length must be a decimal number"),
+    )
 
 
-@pytest.mark.parametrize("length", [str(MAX_WEBHOOK_BODY_BYTES + 1), "999999999999"], ids=["limit+1", "12-digits"])
+@pytest.mark.parametrize(
+    "length", [str(MAX_WEBHOOK_BODY_BYTES + 1), "999999999999"], ids=["limit+1", "12-digits"]
+)
 def test_webhook_over_1_mib_is_413_and_not_read(length):
     vector = VECTOR["server-webhook"]
     events: list = []
@@ -970,7 +1162,10 @@ def test_webhook_over_1_mib_is_413_and_not_read(length):
         wsgi_input=wsgi_input,
         headers={"Authorization": vector["jwt"]},
     )
-    assert (response.status, response.json()) == (413, error("Request body must be at most 1048576 bytes"))
+    assert (response.status, response.json()) == (
+        413,
+        error("Request body must be at most 1048576 bytes"),
+    )
     assert not wsgi_input.touched
     assert events == []
 
@@ -1065,8 +1260,12 @@ def _one_response_per_status(app) -> dict:
         404: lambda **h: call(app, "GET", "/nope", headers=h),
         405: lambda **h: call(app, "GET", "/token", headers=h),
         411: lambda **h: call(app, "POST", "/token", ok_token, content_length=None, headers=h),
-        413: lambda **h: call(app, "POST", "/token", content_length="20000", wsgi_input=UnreadableInput(), headers=h),
-        415: lambda **h: call(app, "POST", "/token", ok_token, content_type="text/plain", headers=h),
+        413: lambda **h: call(
+            app, "POST", "/token", content_length="20000", wsgi_input=UnreadableInput(), headers=h
+        ),
+        415: lambda **h: call(
+            app, "POST", "/token", ok_token, content_type="text/plain", headers=h
+        ),
         "healthz-200": lambda **h: call(app, "GET", "/healthz", headers=h),
         "head-200": lambda **h: call(app, "HEAD", "/healthz", headers=h),
     }
@@ -1206,10 +1405,208 @@ def test_preflight_with_listed_origins(origin):
 def test_headers_are_not_changed_by_earlier_requests():
     # Static header lists are built once; echoing an origin must not leak into them.
     app = app_for(allowed_origins=frozenset({ALLOWED}))
-    call(app, "OPTIONS", "/token", content_type=None, content_length=None, headers={"Origin": ALLOWED})
+    call(
+        app,
+        "OPTIONS",
+        "/token",
+        content_type=None,
+        content_length=None,
+        headers={"Origin": ALLOWED},
+    )
     post_json(app, {"roomName": "r", "participantName": "p"}, headers={"Origin": ALLOWED})
     call(app, "GET", "/token", headers={"Origin": ALLOWED})
-    response = post_json(app, {"roomName": "r", "participantName": "p"}, headers={"Origin": "https://evil.com"})
+    response = post_json(
+        app, {"roomName": "r", "participantName": "p"}, headers={"Origin": "https://evil.com"}
+    )
     assert response.header("Access-Control-Allow-Origin") is None
     assert [name for name, _ in response.headers].count("Vary") == 1
     assert response.header("Allow") is None
+
+
+# --------------------------------------------------------------------------
+# Development mode: a webhook signed with the public development key is believed only from
+# this machine (a `livekit-server --dev` beside it), however the server is reached.
+
+
+DEV_ONLY_HERE = "In development mode, webhooks are taken only from this machine"
+
+
+@pytest.mark.parametrize("peer", ["192.0.2.1", "10.0.0.7", "2001:db8::1", ""])
+def test_development_mode_refuses_a_webhook_from_another_machine_before_reading_it(peer):
+    vector = VECTOR["server-webhook"]
+    events: list = []
+    app = webhook_app("server-webhook", events)
+    assert app.settings.dev_mode
+    wsgi_input = UnreadableInput()
+    response = call(
+        app,
+        "POST",
+        "/webhook",
+        content_length=str(len(vector["body"])),
+        wsgi_input=wsgi_input,
+        headers={"Authorization": vector["jwt"]},
+        environ={"REMOTE_ADDR": peer},
+    )
+    assert (response.status, response.json()) == (403, error(DEV_ONLY_HERE))
+    assert not wsgi_input.touched and events == []
+
+
+@pytest.mark.parametrize("peer", ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"])
+def test_development_mode_takes_a_webhook_from_this_machine(peer):
+    vector = VECTOR["server-webhook"]
+    events: list = []
+    app = webhook_app("server-webhook", events)
+    response = call(
+        app,
+        "POST",
+        "/webhook",
+        vector["body"].encode(),
+        headers={"Authorization": vector["jwt"]},
+        environ={"REMOTE_ADDR": peer},
+    )
+    assert (response.status, response.json()) == (200, {"status": "ok"})
+    assert len(events) == 1
+
+
+def test_development_mode_believes_the_client_its_trusted_proxy_names():
+    vector = VECTOR["server-webhook"]
+    events: list = []
+    app = webhook_app(
+        "server-webhook", events, trusted_proxies=(ipaddress.ip_network("127.0.0.1/32"),)
+    )
+    response = call(
+        app,
+        "POST",
+        "/webhook",
+        vector["body"].encode(),
+        headers={"Authorization": vector["jwt"], "X-Forwarded-For": "203.0.113.5"},
+        environ={"REMOTE_ADDR": "127.0.0.1"},
+    )
+    assert (response.status, response.json()) == (403, error(DEV_ONLY_HERE))
+
+
+def test_with_real_credentials_webhooks_come_from_anywhere():
+    body = b'{"event":"room_started","id":"EV_far","room":{"name":"r"}}'
+    app = app_for()
+    assert not app.settings.dev_mode
+    response = call(
+        app,
+        "POST",
+        "/webhook",
+        body,
+        headers={"Authorization": signed_webhook(body)},
+        environ={"REMOTE_ADDR": "198.51.100.7"},
+    )
+    assert (response.status, response.json()) == (200, {"status": "ok"})
+
+
+# --------------------------------------------------------------------------
+# The request's one line: the app hands its facts to the runner, or writes the line itself
+
+
+def request_records(caplog) -> list:
+    return [
+        r.fields
+        for r in caplog.records
+        if r.name == "livekit_token_server" and r.getMessage() == "request"
+    ]
+
+
+def test_under_a_runner_the_app_hands_its_facts_over_and_writes_no_line(caplog):
+    facts: dict = {}
+    with caplog.at_level(logging.INFO, logger="livekit_token_server"):
+        response = call(
+            app_for(),
+            "POST",
+            "/token",
+            json.dumps({"roomName": "r1", "participantName": "p1"}).encode(),
+            environ={server.ACCESS_LOG_FIELDS: facts},
+        )
+    assert response.status == 200
+    assert facts == {"room": "r1", "identity": "p1"}
+    assert request_records(caplog) == []
+
+
+def test_without_a_runner_the_app_writes_one_line_with_its_facts(caplog):
+    with caplog.at_level(logging.INFO, logger="livekit_token_server"):
+        call(
+            app_for(),
+            "POST",
+            "/token",
+            json.dumps({"room_name": "r2", "participant_identity": "p2"}).encode(),
+        )
+        call(app_for(), "POST", "/token", b"{}", content_type="text/plain")
+    first, second = request_records(caplog)
+    assert {
+        key: first[key] for key in ("client", "method", "path", "status", "room", "identity")
+    } == {
+        "client": "127.0.0.1",
+        "method": "POST",
+        "path": "/token",
+        "status": 201,
+        "room": "r2",
+        "identity": "p2",
+    }
+    assert (second["status"], second["reason"]) == (415, "Content-Type must be application/json")
+    assert "room" not in second
+
+
+def test_names_in_the_line_are_cut_short():
+    facts: dict = {}
+    body = json.dumps({"roomName": "r" * 200, "participantName": "p" * 65}).encode()
+    assert (
+        call(app_for(), "POST", "/token", body, environ={server.ACCESS_LOG_FIELDS: facts}).status
+        == 200
+    )
+    assert facts == {"room": "r" * 64 + "...", "identity": "p" * 64 + "..."}
+
+
+def test_access_log_off_the_app_writes_no_line(caplog):
+    with caplog.at_level(logging.INFO, logger="livekit_token_server"):
+        call(
+            app_for(access_log=False),
+            "POST",
+            "/token",
+            json.dumps({"roomName": "r", "participantName": "p"}).encode(),
+        )
+    assert request_records(caplog) == []
+
+
+@pytest.mark.parametrize(
+    "headers,trusted",
+    [
+        ({"X-Forwarded-For": "not-an-address"}, True),
+        ({"X-Forwarded-For": ""}, True),
+        ({"X-Forwarded-For": "127.0.0.1"}, False),
+        ({"Forwarded": "for=127.0.0.1"}, False),
+    ],
+    ids=["garbage-from-trusted-proxy", "empty-from-trusted-proxy", "untrusted-proxy", "forwarded"],
+)
+def test_development_mode_refuses_a_webhook_that_came_through_a_proxy(headers, trusted):
+    # A proxy on this machine would make every client look local.
+    vector = VECTOR["server-webhook"]
+    events: list = []
+    proxies = (ipaddress.ip_network("127.0.0.0/8"),) if trusted else ()
+    app = webhook_app("server-webhook", events, trusted_proxies=proxies)
+    response = call(
+        app,
+        "POST",
+        "/webhook",
+        vector["body"].encode(),
+        headers={"Authorization": vector["jwt"], **headers},
+        environ={"REMOTE_ADDR": "127.0.0.1"},
+    )
+    assert (response.status, response.json()) == (403, error(DEV_ONLY_HERE))
+    assert events == []
+
+
+def test_the_app_s_facts_never_replace_the_line_s_own_fields(caplog):
+    def app(environ, start_response):
+        environ[server.ACCESS_LOG_FIELDS].update(client="203.0.113.1", status=200, room="r")
+        start_response("404 Not Found", [])
+        return [b""]
+
+    environ = {"REMOTE_ADDR": "127.0.0.1", "REQUEST_METHOD": "GET", server.ACCESS_LOG_FIELDS: {}}
+    app(environ, lambda *args: None)
+    fields = server.access_fields(environ, "/x", 404, time.monotonic())
+    assert (fields["client"], fields["status"], fields["room"]) == ("127.0.0.1", 404, "r")

@@ -43,8 +43,8 @@ def section(text: str, number: int) -> str:
     """The text under the heading "## <number>. ...", up to the next "## " heading."""
     match = re.search(rf"^## {number}\. .*$", text, re.MULTILINE)
     assert match, f"docs/audit.md has no section '## {number}.'"
-    end = re.search(r"^## ", text[match.end():], re.MULTILINE)
-    return text[match.end(): match.end() + end.start() if end else len(text)]
+    end = re.search(r"^## ", text[match.end() :], re.MULTILINE)
+    return text[match.end() : match.end() + end.start() if end else len(text)]
 
 
 def tables(text: str) -> list:
@@ -54,7 +54,9 @@ def tables(text: str) -> list:
         if line.startswith("|"):
             block.append([cell.strip() for cell in line.strip().strip("|").split("|")])
         elif block:
-            assert len(block) >= 2 and set("".join(block[1])) <= set("-: "), f"not a table: {block[0]}"
+            assert len(block) >= 2 and set("".join(block[1])) <= set("-: "), (
+                f"not a table: {block[0]}"
+            )
             found.append((block[0], block[2:]))
             block = []
     return found
@@ -68,7 +70,9 @@ def references(text: str) -> tuple:
             continue
         if match := TEST_REF.fullmatch(span):
             tests.append(match.groups())
-        elif (match := CODE_REF.fullmatch(span)) and not span.startswith("tests/"):  # tests take "::"
+        elif (match := CODE_REF.fullmatch(span)) and not span.startswith(
+            "tests/"
+        ):  # tests take "::"
             code.append(match.groups())
         else:
             malformed.append(span)
@@ -107,8 +111,14 @@ def code_problems(refs: list) -> list:
 def _test_file(path: str) -> tuple:
     """(top-level test function names, every string constant) of a test file."""
     tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
-    names = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
-    strings = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and type(node.value) is str}
+    names = {
+        node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    }
+    strings = {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and type(node.value) is str
+    }
     return {name for name in names if name.startswith("test")}, strings
 
 
@@ -142,11 +152,18 @@ def source_lines(lines: list) -> int:
 def current_counts() -> dict:
     """{part: source lines} for server.py's sections (§0 before "# 1.") and each livekit_auth module."""
     lines = (ROOT / "server.py").read_text(encoding="utf-8").splitlines()
-    starts = [(0, "0")] + [(n, m[1]) for n, line in enumerate(lines) if (m := SECTION_LINE.fullmatch(line))]
+    starts = [(0, "0")] + [
+        (n, m[1]) for n, line in enumerate(lines) if (m := SECTION_LINE.fullmatch(line))
+    ]
     ends = [n for n, _ in starts[1:]] + [len(lines)]
-    counts = {f"server.py §{number}": source_lines(lines[start:end]) for (start, number), end in zip(starts, ends)}
+    counts = {
+        f"server.py §{number}": source_lines(lines[start:end])
+        for (start, number), end in zip(starts, ends)
+    }
     for path in sorted((ROOT / "livekit_auth").glob("*.py")):
-        counts[path.relative_to(ROOT).as_posix()] = source_lines(path.read_text(encoding="utf-8").splitlines())
+        counts[path.relative_to(ROOT).as_posix()] = source_lines(
+            path.read_text(encoding="utf-8").splitlines()
+        )
     return counts
 
 
@@ -163,11 +180,19 @@ def stated_counts(text: str) -> dict:
 
 
 def count_problems(stated: dict, current: dict) -> list:
-    problems = [f"{part}: the guide says {stated.get(part)}, the code has {lines}"
-                for part, lines in current.items() if stated.get(part) != lines]
-    problems += [f"{part}: in the guide, not in the code" for part in stated.keys() - current.keys() - {"Total"}]
+    problems = [
+        f"{part}: the guide says {stated.get(part)}, the code has {lines}"
+        for part, lines in current.items()
+        if stated.get(part) != lines
+    ]
+    problems += [
+        f"{part}: in the guide, not in the code"
+        for part in stated.keys() - current.keys() - {"Total"}
+    ]
     if stated.get("Total") != sum(current.values()):
-        problems.append(f"Total: the guide says {stated.get('Total')}, the code has {sum(current.values())}")
+        problems.append(
+            f"Total: the guide says {stated.get('Total')}, the code has {sum(current.values())}"
+        )
     return problems
 
 
@@ -220,7 +245,9 @@ def test_every_test_reference_names_a_test_its_file_defines():
 
 def test_the_reading_order_states_the_current_line_counts():
     current = current_counts()
-    assert [part for part in current if part.startswith("server.py")] == [f"server.py §{n}" for n in range(7)]
+    assert [part for part in current if part.startswith("server.py")] == [
+        f"server.py §{n}" for n in range(7)
+    ]
     assert count_problems(stated_counts(guide()), current) == []
 
 
@@ -270,7 +297,11 @@ def test_the_checks_catch_what_is_missing():
     assert malformed == ["server.py: read_body", "tests/test_policy.py:test_rate_key"]
     ((_, rows),) = tables(text)
     assert row_problems([tuple(cells) for cells in rows]) == [
-        "no code: names no code", "no test: names no test", "malformed: names no code", "malformed: names no test"]
+        "no code: names no code",
+        "no test: names no test",
+        "malformed: names no code",
+        "malformed: names no test",
+    ]
     # A count that is off by one, a part the code no longer has, a part the guide leaves out, a stale total.
     current = current_counts()
     stale = dict(current, **{"livekit_auth/errors.py": current["livekit_auth/errors.py"] + 1})

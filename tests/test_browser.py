@@ -158,19 +158,27 @@ class BrowserRun:
 
 def run_chromium(chromium: str, url: str) -> tuple:
     """(stdout, stderr, seconds) of one --dump-dom run, killed with its children after BROWSER_TIMEOUT."""
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-", ignore_cleanup_errors=True) as profile:
+    with tempfile.TemporaryDirectory(
+        prefix="chromium-profile-", ignore_cleanup_errors=True
+    ) as profile:
         command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url]
         started = time.monotonic()
         # A session of its own, so a hung run is killed with its renderer and helpers.
         process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
         try:
             stdout, stderr = process.communicate(timeout=BROWSER_TIMEOUT)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             stdout, stderr = process.communicate()
-            pytest.fail(f"Chromium did not finish in {BROWSER_TIMEOUT} s; DOM so far: {stdout[-2000:]!r}")
+            pytest.fail(
+                f"Chromium did not finish in {BROWSER_TIMEOUT} s; DOM so far: {stdout[-2000:]!r}"
+            )
         seconds = time.monotonic() - started
     assert process.returncode == 0, f"Chromium exited with {process.returncode}: {stderr[-2000:]}"
     return stdout, stderr, seconds
@@ -192,7 +200,10 @@ def browser_run():
         urls = {}
         configs = {
             "any": {},
-            "listed": {"allowed_origins": frozenset({page_origin}), "auth_secrets": frozenset({BEARER})},
+            "listed": {
+                "allowed_origins": frozenset({page_origin}),
+                "auth_secrets": frozenset({BEARER}),
+            },
             "other": {"allowed_origins": frozenset({f"http://localhost:{page_port}"})},
         }
         for name, overrides in configs.items():
@@ -208,7 +219,9 @@ def browser_run():
             recorders[name] = Recorder(server.make_app(settings, clock=lambda: NOW))
             # The runner serves any WSGI callable; its access lines go to the logger, not captured here.
             srv = server.make_server(recorders[name], settings)
-            thread = threading.Thread(target=srv.serve_forever, args=(0.05,), name=f"token server {name}", daemon=True)
+            thread = threading.Thread(
+                target=srv.serve_forever, args=(0.05,), name=f"token server {name}", daemon=True
+            )
             thread.start()
             stack.callback(thread.join, 5.0)
             stack.callback(srv.drain, 2.0)
@@ -228,7 +241,13 @@ def browser_run():
             ("other_healthz", "other", "/healthz", "GET", {}, None),
         ]
         script_cases = [
-            {"name": case, "url": urls[name] + path, "method": method, "headers": headers, "body": body}
+            {
+                "name": case,
+                "url": urls[name] + path,
+                "method": method,
+                "headers": headers,
+                "body": body,
+            }
             for case, name, path, method, headers, body in cases
         ]
         # "<" escaped, so no string in the data can close the <script> element.
@@ -236,12 +255,18 @@ def browser_run():
 
         stdout, stderr, seconds = run_chromium(chromium, page_origin + "/")
         match = re.search(r'<pre id="results">(.*?)</pre>', stdout, re.S)
-        assert match, f"no results element in the DOM Chromium printed: {stdout[-2000:]!r}\n{stderr[-2000:]}"
+        assert match, (
+            f"no results element in the DOM Chromium printed: {stdout[-2000:]!r}\n{stderr[-2000:]}"
+        )
         found = html.unescape(match[1])
-        assert found != "pending", f"Chromium printed the DOM before the page's fetches finished\n{stderr[-2000:]}"
+        assert found != "pending", (
+            f"Chromium printed the DOM before the page's fetches finished\n{stderr[-2000:]}"
+        )
         outcome = json.loads(found)
         assert outcome["done"] is True and set(outcome["results"]) == {case for case, *_ in cases}
-        yield BrowserRun(page_origin, outcome["results"], {n: r.requests for n, r in recorders.items()}, seconds)
+        yield BrowserRun(
+            page_origin, outcome["results"], {n: r.requests for n, r in recorders.items()}, seconds
+        )
 
 
 def verified_identity(token: str) -> tuple:
@@ -263,11 +288,17 @@ def test_token_through_preflight(browser_run, name):
 
     requests = browser_run.requests[name]
     preflight, post = requests[0], requests[1]
-    assert (preflight["method"], preflight["path"], preflight["status"]) == ("OPTIONS", "/token", 204)
+    assert (preflight["method"], preflight["path"], preflight["status"]) == (
+        "OPTIONS",
+        "/token",
+        204,
+    )
     assert preflight["origin"] == browser_run.page_origin
     assert preflight["request_method"] == "POST"
     sent_headers = set(preflight["request_headers"].split(","))
-    assert sent_headers == ({"authorization", "content-type"} if name == "listed" else {"content-type"})
+    assert sent_headers == (
+        {"authorization", "content-type"} if name == "listed" else {"content-type"}
+    )
     assert (post["method"], post["path"], post["status"]) == ("POST", "/token", 200)
     assert post["origin"] == browser_run.page_origin
     if name == "any":
@@ -297,7 +328,11 @@ def test_other_origin_cannot_post(browser_run):
     requests = browser_run.requests["other"]
     # The browser did reach this server (so the rejection is CORS, not a refused port) ...
     preflight = requests[0]
-    assert (preflight["method"], preflight["path"], preflight["status"]) == ("OPTIONS", "/token", 204)
+    assert (preflight["method"], preflight["path"], preflight["status"]) == (
+        "OPTIONS",
+        "/token",
+        204,
+    )
     assert preflight["origin"] == browser_run.page_origin
     assert allow_origin(preflight) is None
     assert preflight["headers"]["vary"] == "Origin"
@@ -310,5 +345,9 @@ def test_other_origin_cannot_read(browser_run):
     assert browser_run.results["other_healthz"] == {"error": "TypeError"}
     gets = [seen for seen in browser_run.requests["other"] if seen["method"] == "GET"]
     assert len(gets) == 1
-    assert (gets[0]["path"], gets[0]["status"], gets[0]["origin"]) == ("/healthz", 200, browser_run.page_origin)
+    assert (gets[0]["path"], gets[0]["status"], gets[0]["origin"]) == (
+        "/healthz",
+        200,
+        browser_run.page_origin,
+    )
     assert allow_origin(gets[0]) is None

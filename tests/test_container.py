@@ -1,43 +1,99 @@
-"""The Dockerfile, checked without Docker: what the image holds is enough to serve.
+"""The container image, built from the Dockerfile and run by a real engine (Podman).
 
-The Dockerfile is parsed (continuations and comments as Docker reads them);
-exactly the paths its COPY lines name are copied into an empty directory, its
-compile step runs there, and its CMD runs there with its ENV and configuration
-from the environment alone,
-as `docker run -e ...` would. Over real loopback sockets: /healthz, /token,
-a signed /webhook; the HEALTHCHECK command exits 0 against it and 1 once it
-has stopped; SIGTERM (`docker stop`) exits 0. Run without credentials, it
-exits 2 naming the missing one: the image never becomes a development-mode
-server (LiveKit's public dev key) listening on 0.0.0.0.
+The Dockerfile's base, python:3.12-slim, is not pulled: a Debian bookworm
+minbase with python3 (mmdebstrap, from the Debian mirror alone) stands in for
+it through `podman build --from`, once per test session. On that image: the
+container refuses to start without credentials, serves /token through a port
+published on 127.0.0.1 only, runs as a user that cannot change its own code,
+passes its HEALTHCHECK (and fails it when nothing answers), and on `podman
+stop` finishes the request in flight and exits 0.
 
-Not checked here: that the base image exists and builds (no Docker engine on
-the test machine), nor the USER's permissions inside it.
+The engine tests are skipped, with the reason, where podman, runc or mmdebstrap
+is missing or podman cannot run a container; .ci/run installs all three.
+Not checked here: the real base image, and the health check's timer (Podman
+schedules it through systemd).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shlex
 import shutil
+import socket
 import subprocess
-import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
 import livekit_auth
 import server
-from helpers import webhook_authorization
-from support_http import TIMEOUT, LoggedProcess, http_request
-
-# server.py's line once it listens (logfmt, SERVER_HOST=127.0.0.1, SERVER_PORT=0).
-LISTENING = re.compile(r"msg=listening host=127\.0\.0\.1 port=([0-9]+)")
+from support_http import TIMEOUT, build, http_request, read_response, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "containerkey"
+# Secrets of 32 characters or more.
 SECRET = "a-container-secret-of-32-chars-or-more"
+BEARER = "a-bearer-secret-for-the-container-of-32-chars"
+TOKEN_REQUEST = json.dumps({"roomName": "r", "participantName": "p"}).encode()
+
+# What the server logs as it refuses to start without credentials: exactly one
+# line, whose error is the message of the setting that is missing (see MISSING_CREDENTIALS).
+REFUSAL = re.compile(r'time=\S+ level=ERROR msg="configuration error" error="(.*)"')
+
+# `podman run -e` without real credentials, and the exact error the refusal names.
+# Whatever is not given stays as the image's ENV sets it: empty.
+MISSING_CREDENTIALS = [
+    pytest.param({}, "livekit.api_key (LIVEKIT_API_KEY) must not be empty", id="neither"),
+    pytest.param(
+        {"LIVEKIT_API_KEY": KEY},
+        "livekit.api_secret (LIVEKIT_API_SECRET) must not be empty",
+        id="key-only",
+    ),
+    pytest.param(
+        {"LIVEKIT_API_SECRET": SECRET},
+        "livekit.api_key (LIVEKIT_API_KEY) must not be empty",
+        id="secret-only",
+    ),
+]
+
+# The server's lines once it listens, and once `podman stop`'s SIGTERM has reached it.
+LISTENING = "level=INFO msg=listening host=0.0.0.0 port=6080"
+DRAINING = 'level=INFO msg="stopping: finishing requests in flight" signal=SIGTERM'
+
+# runc and cgroupfs: no systemd or crun needed on the test machine.
+PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
+# Podman's default open-file limit (1048576) can be above the hard limit the
+# machine allows, which runc then fails to set: stay well below.
+ULIMITS = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
+BASE_SUITE = "bookworm"
+BUILD_TIMEOUT = 300.0  # the base from the Debian mirror: about 30 s
+ENGINE_TIMEOUT = 30.0  # any other podman command, and a container's start
+
+
+def podman(*arguments: str, timeout: float = ENGINE_TIMEOUT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*PODMAN, *arguments],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def checked(result: subprocess.CompletedProcess) -> str:
+    """The command's output, once it has exited 0."""
+    assert result.returncode == 0, (result.args, result.stdout, result.stderr)
+    return result.stdout.strip()
+
+
+def output_tail(result: subprocess.CompletedProcess) -> str:
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    return lines[-1] if lines else f"exit {result.returncode}"
+
+
+# --------------------------------------------------------------------------
+# The Dockerfile's content, where an engine run shows nothing
 
 
 def instructions(text: str) -> list:
@@ -46,9 +102,12 @@ def instructions(text: str) -> list:
     As Docker reads it: a line ending in a backslash continues on the next one,
     and lines starting with # are comments, also inside a continuation.
     """
-    result, pending = [], ""
+    result = []
+    pending = ""
     for line in text.splitlines():
-        if line.lstrip().startswith("#") or (not pending and not line.strip()):
+        if line.lstrip().startswith("#"):
+            continue
+        if not pending and not line.strip():
             continue
         if line.rstrip().endswith("\\"):
             pending += line.rstrip()[:-1] + " "
@@ -69,226 +128,278 @@ def only(keyword: str) -> str:
     return values[0]
 
 
-def exec_form(arguments: str) -> list:
-    """A JSON-array (exec form) command: shell form would put /bin/sh in between."""
-    assert arguments.startswith("["), f"not exec form: {arguments}"
-    command = json.loads(arguments)
-    assert command and all(type(part) is str for part in command)
-    return command
-
-
 def copied_paths() -> list:
     """The sources of every COPY, as paths relative to the build context."""
     sources = []
     for name, arguments in DOCKERFILE:
-        if name == "COPY":
-            parts = json.loads(arguments) if arguments.startswith("[") else arguments.split()
-            assert not any(part.startswith("--") for part in parts), f"COPY flags not expected: {arguments}"
-            sources += [part.rstrip("/") for part in parts[:-1]]
+        if name != "COPY":
+            continue
+        parts = json.loads(arguments) if arguments.startswith("[") else arguments.split()
+        assert not any(part.startswith("--") for part in parts), arguments
+        sources += [part.rstrip("/") for part in parts[:-1]]
     return sources
 
 
-def image_env() -> dict:
-    """ENV's variables (the KEY=VALUE form, several a line; quotes as a shell reads them, as Docker does)."""
-    env = {}
-    for name, arguments in DOCKERFILE:
-        if name == "ENV":
-            for pair in shlex.split(arguments):
-                key, equals, value = pair.partition("=")
-                assert equals, f"ENV must use KEY=VALUE: {arguments}"
-                env[key] = value
-    return env
-
-
-def in_image(command: list) -> list:
-    # The image's python3 is the test's Python here: the same code, another build.
-    assert command[0] == "python3", command
-    return [sys.executable, *command[1:]]
-
-
-def healthcheck_command() -> list:
-    words = only("HEALTHCHECK")
-    options = re.match(r"((?:--[a-z-]+=\S+\s+)*)CMD\s+(.*)", words, re.S)
-    assert options, words
-    return exec_form(options[2])
-
-
-# --------------------------------------------------------------------------
-# The Dockerfile's content
-
-
-def test_the_image_holds_only_the_server_and_the_library():
+def test_the_build_context_holds_only_the_server_and_the_library():
     assert copied_paths() == ["server.py", "livekit_auth"]
-    assert not any(name == "ADD" for name, _ in DOCKERFILE)  # ADD can fetch URLs and unpack archives
+    # ADD can fetch URLs and unpack archives.
+    assert not any(name == "ADD" for name, _ in DOCKERFILE)
     # .dockerignore sends the build nothing else: everything is excluded,
     # then exactly the copied paths come back.
-    rules = [
-        line.strip()
-        for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
+    lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    rules = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     assert rules[0] == "*"
     assert [rule[1:] for rule in rules if rule.startswith("!")] == copied_paths()
 
 
-def test_the_image_runs_as_a_non_root_user():
-    user = only("USER")
-    name, _, group = user.partition(":")
-    assert name not in ("", "root", "0"), user
-    assert group not in ("root", "0"), user
-    # USER is the last word on who runs CMD: nothing after it switches back.
-    names = [name for name, _ in DOCKERFILE]
-    assert names.index("USER") < names.index("CMD")
-
-
-def test_the_image_is_configured_by_the_environment_and_listens_on_the_default_port():
-    base = only("FROM")
-    assert re.fullmatch(r"python:3\.[0-9]+(\.[0-9]+)?-slim\S*", base), base
-    assert image_env() == {
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONUNBUFFERED": "1",
-        # Reachable through a published port: 127.0.0.1 would be unreachable from outside.
-        "SERVER_HOST": "0.0.0.0",
-        # Present and empty: without real ones from `docker run -e`, the server stops (below).
-        "LIVEKIT_API_KEY": "",
-        "LIVEKIT_API_SECRET": "",
-    }
-    settings = server.load_settings({**image_env(), "LIVEKIT_API_KEY": KEY, "LIVEKIT_API_SECRET": SECRET})
-    assert (settings.host, settings.dev_mode) == ("0.0.0.0", False)
-    assert only("EXPOSE") == str(settings.port)
-    command = exec_form(only("CMD"))
-    assert command[:1] == ["python3"] and command[-2:] == ["-m", "server"]
-    assert {"-E", "-S"} <= set(command)  # no PYTHON* variables, no site-packages
-    assert "--config" not in command
+def test_the_image_starts_from_official_python_and_runs_the_server_without_python_variables():
+    # The engine tests build on a stand-in base (--from): the real one is checked here.
+    assert re.fullmatch(r"python:3\.[0-9]+(\.[0-9]+)?-slim\S*", only("FROM")), only("FROM")
+    assert only("EXPOSE") == str(server.Settings.port)
+    # Exec form, so that python3 is PID 1 and gets the stop signal itself.
+    command = json.loads(only("CMD"))
+    assert command[0] == "python3"
+    assert command[-2:] == ["-m", "server"]
+    # -E: no PYTHON* variable (PYTHONPATH...) can load other code; -S: no site-packages.
+    assert {"-E", "-S"} <= set(command)
 
 
 # --------------------------------------------------------------------------
-# The image's files, run as the image runs them
+# The image, built and run
 
 
-class Container(LoggedProcess):
-    """The Dockerfile's CMD in a directory holding only what COPY copies.
-
-    port() reads the listening line (SERVER_PORT=0); stop() is `docker stop`'s SIGTERM.
-    """
-
-    def __init__(self, workdir: Path, env: dict) -> None:
-        super().__init__(in_image(exec_form(only("CMD"))), cwd=workdir, env=env)
-
-    stderr = LoggedProcess.output  # server.py logs to stderr alone
-
-    def port(self) -> int:
-        return super().port(LISTENING)
+def skip_unless_podman_runs() -> None:
+    missing = [tool for tool in ("podman", "runc", "mmdebstrap") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (apt-get install podman runc mmdebstrap)")
+    info = podman("info")
+    if info.returncode != 0:
+        pytest.skip(f"podman cannot run here: {output_tail(info)}")
 
 
-def run_env(**variables: str) -> dict:
-    """The container's environment: the image's ENV, then `docker run -e` (`variables`)."""
-    return {"PATH": os.environ.get("PATH", ""), **image_env(), **variables}
+def import_base(workdir: Path, name: str) -> None:
+    """A Debian minbase with python3, from the Debian mirror, as the image `name`."""
+    tarball = workdir / "base.tar"
+    command = ["mmdebstrap", "--variant=minbase", "--include=python3", BASE_SUITE, str(tarball)]
+    result = subprocess.run(
+        command,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    checked(podman("import", str(tarball), name, timeout=BUILD_TIMEOUT))
+    tarball.unlink()  # the image holds it now
 
 
-def request(port: int, method: str, path: str, body: bytes = b"", headers: dict = None) -> tuple:
-    """(status, JSON body): every answer here has one."""
-    status, _, data = http_request(port, method, path, body, headers)
-    return status, json.loads(data)
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> str:
+    """The project's Dockerfile built on the stand-in base; both images are removed afterwards."""
+    skip_unless_podman_runs()
+    name = f"localhost/livekit-token-server-test-{uuid.uuid4().hex[:12]}"
+    base = f"{name}-base"
+    try:
+        import_base(tmp_path_factory.mktemp("container"), base)
+        trial = podman("run", "--rm", "--network=none", *ULIMITS, base, "python3", "-c", "")
+        if trial.returncode != 0:
+            pytest.skip(f"podman cannot run a container here: {output_tail(trial)}")
+        # --format docker: the OCI format has no HEALTHCHECK. The build needs no network.
+        build_options = ["--format=docker", "--network=none", "--layers=false"]
+        checked(podman("build", *build_options, "--from", base, "-t", name, str(ROOT)))
+        yield name
+    finally:
+        podman("rmi", "--force", name, base)
 
 
-def signed_webhook(body: bytes) -> str:
-    return webhook_authorization(KEY, SECRET, body)
+def logs(container: str) -> str:
+    """What the server in `container` has written (it logs to stderr alone)."""
+    result = podman("logs", container)
+    return result.stdout + result.stderr
 
 
-def compiled_files(directory: Path) -> dict:
-    """Each .pyc under `directory`, with its modification time."""
-    return {str(path.relative_to(directory)): path.stat().st_mtime_ns for path in directory.rglob("*.pyc")}
+def wait_for_exit(container: str) -> int:
+    return int(checked(podman("wait", container)))
+
+
+class Served:
+    """A container of the image, serving with credentials, its port published on 127.0.0.1."""
+
+    def __init__(self, image: str) -> None:
+        environment = {
+            "LIVEKIT_API_KEY": KEY,
+            "LIVEKIT_API_SECRET": SECRET,
+            "TOKEN_AUTH_SECRETS": BEARER,
+        }
+        settings = [f"--env={name}={value}" for name, value in environment.items()]
+        # An empty host port: Podman picks a free one.
+        publish = "--publish=127.0.0.1::6080"
+        self.id = checked(podman("run", "--detach", *ULIMITS, publish, *settings, image))
+        self.port = None
+
+    def wait_until_listening(self) -> None:
+        assert wait_for(self.has_started, ENGINE_TIMEOUT), "no start"
+        assert LISTENING in logs(self.id), logs(self.id)
+        published = checked(podman("port", self.id)).splitlines()
+        # Loopback only, never every address.
+        (line,) = published
+        match = re.fullmatch(r"6080/tcp -> 127\.0\.0\.1:([0-9]+)", line)
+        assert match, published
+        self.port = int(match[1])
+
+    def has_started(self) -> bool:
+        state = checked(podman("inspect", "--format={{.State.Status}}", self.id))
+        return state != "running" or LISTENING in logs(self.id)
+
+    def exec(self, *command: str) -> subprocess.CompletedProcess:
+        return podman("exec", self.id, *command)
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT)
+
+
+def remove(container: str) -> None:
+    podman("rm", "--force", "--time=0", container)
 
 
 @pytest.fixture
-def image_dir(tmp_path) -> Path:
-    workdir = tmp_path / "app"
-    workdir.mkdir()
-    for source in copied_paths():
-        path = ROOT / source
-        if path.is_dir():
-            shutil.copytree(path, workdir / source, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(path, workdir / source)
-    # The build's compile step, as the image runs it.
-    for name, arguments in DOCKERFILE:
-        if name == "RUN" and arguments.startswith("python3 -m compileall "):
-            subprocess.run(in_image(shlex.split(arguments)), cwd=workdir, check=True, timeout=TIMEOUT)
-    return workdir
+def served(image) -> Served:
+    container = Served(image)
+    try:
+        container.wait_until_listening()
+        yield container
+    finally:
+        remove(container.id)
 
 
-# `docker run -e` without real credentials: (variables, the setting the exit names)
-MISSING_CREDENTIALS = [
-    pytest.param({}, "livekit.api_key (LIVEKIT_API_KEY) must not be empty", id="neither"),
-    pytest.param({"LIVEKIT_API_KEY": KEY}, "livekit.api_secret (LIVEKIT_API_SECRET) must not", id="key-only"),
-    pytest.param({"LIVEKIT_API_SECRET": SECRET}, "livekit.api_key (LIVEKIT_API_KEY) must not be", id="secret-only"),
-    pytest.param({"LIVEKIT_API_KEY": "", "LIVEKIT_API_SECRET": ""}, "livekit.api_key (LIVEKIT_API_KEY)", id="empty"),
-    pytest.param({"LIVEKIT_API_KEY": "  ", "LIVEKIT_API_SECRET": "\t"}, "livekit.api_key (LIVEKIT_API_KEY)", id="blank"),
-]
+def request_token(port: int, authorization: str | None = None) -> tuple:
+    """POST /token in the OpenVidu tutorials' shape: (status, JSON body)."""
+    headers = {"Content-Type": "application/json"}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    status, _, body = http_request(port, "POST", "/token", TOKEN_REQUEST, headers)
+    return status, json.loads(body)
+
+
+def claims_of(answer: dict) -> tuple:
+    """(identity, room, roomJoin) of the token in a 200 answer, verified with the credentials."""
+    assert list(answer) == ["token"], answer
+    claims = livekit_auth.TokenVerifier(KEY, SECRET).verify(answer["token"])
+    return claims.identity, claims.video.room, claims.video.room_join
 
 
 @pytest.mark.parametrize("variables, message", MISSING_CREDENTIALS)
-def test_the_image_without_credentials_exits_2_naming_the_setting(image_dir, variables, message):
-    # Issue 12, item 3: outside a container no credentials means development mode
-    # (LiveKit's public dev key); in the image, on 0.0.0.0, it must mean no server.
-    # SERVER_PORT=0 keeps a regression from taking a real port.
-    container = Container(image_dir, run_env(SERVER_PORT="0", **variables))
+def test_without_credentials_the_container_exits_2_naming_the_setting(image, variables, message):
+    # Outside a container, no credentials means development mode on LiveKit's public
+    # key; in the image, listening on 0.0.0.0, it must mean no server at all.
+    settings = [f"--env={name}={value}" for name, value in variables.items()]
+    container = checked(podman("run", "--detach", "--network=none", *ULIMITS, *settings, image))
     try:
-        code = container.proc.wait(TIMEOUT)
-        container.reader.join(TIMEOUT)
+        code = wait_for_exit(container)
+        output = logs(container)
     finally:
-        container.kill()
-    assert code == 2, container.stderr
-    (line,) = container.stderr.splitlines()
-    assert re.fullmatch(r'time=\S+ level=ERROR msg="configuration error" error="(.*)"', line), line
-    assert message in line
-    assert "listening" not in container.stderr and "DEVELOPMENT MODE" not in container.stderr
+        remove(container)
+    assert code == 2, output
+    (line,) = output.splitlines()
+    refusal = REFUSAL.fullmatch(line)
+    assert refusal, line
+    assert refusal[1] == message
 
 
-def test_the_image_files_serve_tokens_webhooks_and_the_health_check(image_dir):
-    # As `docker run -e` would set them. SERVER_HOST only keeps this test on
-    # loopback; the image itself sets 0.0.0.0.
-    env = run_env(LIVEKIT_API_KEY=KEY, LIVEKIT_API_SECRET=SECRET, SERVER_HOST="127.0.0.1", SERVER_PORT="0")
-    built = compiled_files(image_dir)
-    assert built  # the build compiled the code
-    container = Container(image_dir, env)
+def test_the_container_serves_tokens_to_a_bearer_through_the_published_port(served):
+    status, answer = request_token(served.port, f"Bearer {BEARER}")
+    assert status == 200, answer
+    assert claims_of(answer) == ("p", "r", True)
+    # TOKEN_AUTH_SECRETS from `podman run -e` is in force: no bearer, no token.
+    status, answer = request_token(served.port)
+    assert (status, answer) == (401, {"errorMessage": "A valid bearer token is required"})
+    status, answer = request_token(served.port, f"Bearer {BEARER[:-1]}")
+    assert status == 401, answer
+
+
+# Run in the container, as its user: tries to write each path named, and says how it went.
+WRITE_PROBE = """
+import sys
+for path in sys.argv[1:]:
     try:
-        port = container.port()
-        assert request(port, "GET", "/healthz") == (200, {"status": "ok"})
+        open(path, "a").close()
+    except PermissionError:
+        print("denied", path)
+    else:
+        print("written", path)
+"""
 
-        body = json.dumps({"roomName": "Test Room", "participantName": "Participant42"}).encode()
-        status, answer = request(port, "POST", "/token", body, {"Content-Type": "application/json"})
-        assert status == 200 and list(answer) == ["token"]
-        claims = livekit_auth.TokenVerifier(KEY, SECRET).verify(answer["token"])
-        assert (claims.identity, claims.video.room, claims.video.room_join) == ("Participant42", "Test Room", True)
 
-        event = b'{"event":"room_started","id":"EV_container","room":{"name":"Test Room"}}'
-        headers = {"Content-Type": "application/webhook+json", "Authorization": signed_webhook(event)}
-        assert request(port, "POST", "/webhook", event, headers) == (200, {"status": "ok"})
-        # One byte changed: the signature no longer covers the body.
-        tampered = event.replace(b"EV_container", b"EV_containes")
-        status, _ = request(port, "POST", "/webhook", tampered, headers)
-        assert status == 401
+def test_the_server_runs_as_a_user_that_cannot_change_its_code(served):
+    uid = checked(served.exec("id", "-u"))
+    assert uid.isdigit() and uid != "0", uid
+    # The server itself (PID 1), not only what `podman exec` starts: real, effective, saved, fs.
+    status = checked(served.exec("cat", "/proc/1/status"))
+    (uids,) = re.findall(r"^Uid:\s+(.*)$", status, re.MULTILINE)
+    assert uids.split() == [uid] * 4, uids
+    # The code, exactly the project's, its compiled bytecode (what the server runs),
+    # and new files beside them.
+    listed = checked(served.exec("find", "/app", "-name", "*.py", "-o", "-name", "*.pyc"))
+    code = sorted(listed.splitlines())
+    library = [f"/app/livekit_auth/{path.name}" for path in (ROOT / "livekit_auth").glob("*.py")]
+    assert [path for path in code if path.endswith(".py")] == sorted([*library, "/app/server.py"])
+    assert any(path.startswith("/app/__pycache__/server.") for path in code), code
+    new = ["/app/planted.py", "/app/__pycache__/planted.pyc", "/app/livekit_auth/planted.py"]
+    # Where the image means its user to write (WEBHOOK_EVENT_FILE): written, so the
+    # refusals above are the code's permissions, not a read-only container.
+    state = "/var/lib/livekit-token-server/events.jsonl"
+    probe = checked(served.exec("python3", "-c", WRITE_PROBE, *code, *new, state))
+    pairs = [line.split(" ", 1) for line in probe.splitlines()]
+    verdicts = {path: verdict for verdict, path in pairs}
+    assert verdicts == {**{path: "denied" for path in code + new}, state: "written"}
 
-        # HEALTHCHECK runs in the container's environment, where SERVER_PORT
-        # is what the server listens on.
-        check = in_image(healthcheck_command())
-        check_env = {"PATH": env["PATH"], **image_env(), "SERVER_PORT": str(port)}
-        result = subprocess.run(check, env=check_env, capture_output=True, text=True, timeout=TIMEOUT)
-        assert result.returncode == 0, result.stderr
 
-        assert container.stop() == 0
-        # Stopped: the same check now fails, with exit 1 (Docker's "unhealthy").
-        result = subprocess.run(check, env=check_env, capture_output=True, text=True, timeout=TIMEOUT)
-        assert result.returncode == 1, result.stderr
+def test_the_health_check_passes_while_the_server_answers(served):
+    check = podman("healthcheck", "run", served.id)
+    assert check.returncode == 0, (check.stdout, check.stderr)
+    health = checked(podman("inspect", "--format={{.State.Health.Status}}", served.id))
+    assert health == "healthy"
+    # The check asked this server.
+    assert "path=/healthz status=200" in logs(served.id)
+
+
+def test_the_health_check_fails_when_nothing_answers(image):
+    # The image's HEALTHCHECK in a container whose command serves nothing.
+    idle = ["--network=none", *ULIMITS, image, "sleep", "300"]
+    container = checked(podman("run", "--detach", *idle))
+    try:
+        check = podman("healthcheck", "run", container)
     finally:
-        container.kill()
-    assert "signal=SIGTERM" in container.stderr and "msg=stopped" in container.stderr
-    assert "DEVELOPMENT MODE" not in container.stderr
-    assert "Traceback" not in container.stderr and SECRET not in container.stderr
-    # -B: the running code wrote no bytecode next to itself; it ran the build's.
-    assert compiled_files(image_dir) == built
-    assert sorted(str(p.relative_to(image_dir)) for p in image_dir.rglob("*.py")) == sorted(
-        ["server.py", *(f"livekit_auth/{p.name}" for p in (ROOT / "livekit_auth").glob("*.py"))]
-    )
+        remove(container)
+    assert (check.returncode, check.stdout.strip()) == (1, "unhealthy"), check.stderr
+
+
+def test_stop_finishes_the_request_in_flight_and_the_container_exits_0(served):
+    head = [("Host", "127.0.0.1"), ("Content-Type", "application/json")]
+    head += [("Authorization", f"Bearer {BEARER}"), ("Content-Length", str(len(TOKEN_REQUEST)))]
+    with served.connect() as sock:
+        # One whole request first: once it is answered, the server holds this connection.
+        sock.sendall(build("POST", "/token", head, TOKEN_REQUEST))
+        first, rest = read_response(sock)
+        assert (first.status, rest) == (200, b"")
+        # The next one's head and half its body are sent when the stop comes.
+        half = len(TOKEN_REQUEST) // 2
+        sock.sendall(build("POST", "/token", head, TOKEN_REQUEST[:half]))
+        stop = subprocess.Popen(
+            [*PODMAN, "stop", served.id],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert wait_for(lambda: DRAINING in logs(served.id), ENGINE_TIMEOUT), logs(served.id)
+            sock.sendall(TOKEN_REQUEST[half:])
+            answer, rest = read_response(sock)
+        finally:
+            _, stop_errors = stop.communicate(timeout=ENGINE_TIMEOUT)
+    assert (answer.status, rest) == (200, b""), answer.body
+    assert claims_of(answer.json()) == ("p", "r", True)
+    assert stop.returncode == 0, stop_errors
+    # 0 from the server's own exit: a kill after the stop timeout would give 137.
+    assert wait_for_exit(served.id) == 0

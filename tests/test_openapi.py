@@ -45,11 +45,23 @@ FRAMING_HEADERS = {"content-type", "content-length"}
 # Response fields whose value differs with the key and the clock.
 TOKEN_FIELDS = ("token", "participant_token")
 # What an Example Object in this document may hold; x-* are this document's replay instructions.
-EXAMPLE_KEYS = {"summary", "description", "value", "x-status", "x-request-headers", "x-authorization"}
+EXAMPLE_KEYS = {
+    "summary",
+    "description",
+    "value",
+    "x-status",
+    "x-request-headers",
+    "x-authorization",
+}
 AUTHORIZATION_MODES = ("sign-this-body", "sign-another-body", "absent")
 SERVER_SOURCE = (Path(__file__).resolve().parent.parent / "server.py").read_text(encoding="utf-8")
 # Every status server.py answers with: the app's HTTPError(...) and `return 2xx, ...`, the runner's _Refusal(...).
-SERVER_STATUSES = {int(s) for s in re.findall(r"(?:HTTPError\(|_Refusal\(|return )([1-5][0-9][0-9])\b", SERVER_SOURCE)}
+SERVER_STATUSES = {
+    int(s)
+    for s in re.findall(
+        r"(?:HTTPError\(\s*|_Refusal\(|return \(?\s*)([1-5][0-9][0-9])\b", SERVER_SOURCE
+    )
+}
 
 
 # --------------------------------------------------------------------------
@@ -140,8 +152,12 @@ def check_schema(schema, where: str = "schema", doc: dict = DOC) -> None:
         required = schema["required"]
         if type(required) is not list or not all(type(name) is str for name in required):
             raise SchemaError(f"{where}: required must be a list of names")
-        if schema.get("additionalProperties") is False and not set(required) <= set(schema.get("properties", {})):
-            raise SchemaError(f"{where}: a required property is not allowed by additionalProperties: false")
+        if schema.get("additionalProperties") is False and not set(required) <= set(
+            schema.get("properties", {})
+        ):
+            raise SchemaError(
+                f"{where}: a required property is not allowed by additionalProperties: false"
+            )
     for name, sub in schema.get("properties", {}).items():
         check_schema(sub, f"{where}.properties.{name}", doc)
     if "additionalProperties" in schema:
@@ -191,7 +207,9 @@ def schema_errors(instance, schema, where: str = "$", doc: dict = DOC) -> list:
             if name in properties:
                 found += schema_errors(value, properties[name], f"{where}.{name}", doc)
             elif "additionalProperties" in schema:
-                found += schema_errors(value, schema["additionalProperties"], f"{where}.{name}", doc)
+                found += schema_errors(
+                    value, schema["additionalProperties"], f"{where}.{name}", doc
+                )
     if type(instance) is list and "items" in schema:
         for i, item in enumerate(instance):
             found += schema_errors(item, schema["items"], f"{where}[{i}]", doc)
@@ -257,13 +275,17 @@ def all_example_objects():
 
     def from_content(kind, content, where):
         for media_type, media in content.items():
-            yield from from_examples(kind, media, media.get("schema"), f"{where}/content/{media_type}")
+            yield from from_examples(
+                kind, media, media.get("schema"), f"{where}/content/{media_type}"
+            )
 
     def from_response(response, where):
         yield from from_content("response", response.get("content", {}), where)
         for header_name, header in response.get("headers", {}).items():
             if "$ref" not in header:
-                yield from from_examples("header", header, header["schema"], f"{where}/headers/{header_name}")
+                yield from from_examples(
+                    "header", header, header["schema"], f"{where}/headers/{header_name}"
+                )
 
     for name, response in DOC["components"]["responses"].items():
         yield from from_response(response, f"#/components/responses/{name}")
@@ -278,7 +300,9 @@ def all_example_objects():
             yield from from_content("request", body.get("content", {}), where)
         for parameter in operation.get("parameters", ()):
             parameter = deref(parameter)
-            yield from from_examples("parameter", parameter, parameter["schema"], f"{where}/{parameter['name']}")
+            yield from from_examples(
+                "parameter", parameter, parameter["schema"], f"{where}/{parameter['name']}"
+            )
         for status, response in operation["responses"].items():
             if "$ref" not in response:
                 yield from from_response(response, f"{where}/{status}")
@@ -329,7 +353,14 @@ def replays():
                 headers.update(example.get("x-request-headers", {}))
                 found.append(
                     pytest.param(
-                        method, path, body, headers, example["x-status"], name, None, id=f"{method} {path} {name}"
+                        method,
+                        path,
+                        body,
+                        headers,
+                        example["x-status"],
+                        name,
+                        None,
+                        id=f"{method} {path} {name}",
                     )
                 )
         for name, pairs in parameter_examples.items():
@@ -337,11 +368,24 @@ def replays():
             assert len(statuses) == 1, (path, name, statuses)
             headers = {header: example["value"] for header, example in pairs}
             found.append(
-                pytest.param(method, path, None, headers, statuses.pop(), name, None, id=f"{method} {path} {name}")
+                pytest.param(
+                    method,
+                    path,
+                    None,
+                    headers,
+                    statuses.pop(),
+                    name,
+                    None,
+                    id=f"{method} {path} {name}",
+                )
             )
         if not request_body and not parameter_examples:
             marks = KNOWN_DISAGREEMENTS.get((method, path), ())
-            found.append(pytest.param(method, path, None, {}, None, None, None, id=f"{method} {path}", marks=marks))
+            found.append(
+                pytest.param(
+                    method, path, None, {}, None, None, None, id=f"{method} {path}", marks=marks
+                )
+            )
     for name, request in DOC["x-requests-outside-operations"].items():
         found.append(
             pytest.param(
@@ -394,12 +438,16 @@ def check_headers(response_doc: dict, headers: list, where: str) -> None:
     for name, value in headers:
         assert name.lower() not in got, f"{where}: repeated header {name}"
         got[name.lower()] = value
-    documented = {name.lower(): deref(header) for name, header in response_doc.get("headers", {}).items()}
+    documented = {
+        name.lower(): deref(header) for name, header in response_doc.get("headers", {}).items()
+    }
     for name, header in documented.items():
         if header.get("required"):
             assert name in got, f"{where}: documented header {name} is missing"
         if name in got:
-            assert not schema_errors(got[name], header["schema"]), f"{where}: header {name}: {got[name]!r}"
+            assert not schema_errors(got[name], header["schema"]), (
+                f"{where}: header {name}: {got[name]!r}"
+            )
     undocumented = set(got) - set(documented) - FRAMING_HEADERS
     assert not undocumented, f"{where}: undocumented headers {sorted(undocumented)}"
 
@@ -426,8 +474,10 @@ def test_document_is_openapi_3_1_json():
 
 
 def test_paths_and_methods_are_the_server_routes_plus_options():
-    documented = {path: {method for p, method, _ in operations() if p == path} for path in DOC["paths"]}
-    routes = {path: set(methods) | {"OPTIONS"} for path, methods in server.ROUTES.items()}
+    documented = {
+        path: {method for p, method, _ in operations() if p == path} for path in DOC["paths"]
+    }
+    routes = {path: set(methods) | {"OPTIONS"} for path, (methods, _) in server.ROUTES.items()}
     assert documented == routes
     for path, item in DOC["paths"].items():
         assert set(item) <= set(HTTP_METHODS) | {"summary", "description", "parameters"}, path
@@ -444,7 +494,9 @@ def test_operations_are_well_formed():
         body = deref(operation.get("requestBody", {}))
         if method in ("GET", "HEAD", "OPTIONS"):
             assert not body, (method, path)
-        for scheme in (name for requirement in operation.get("security", ()) for name in requirement):
+        for scheme in (
+            name for requirement in operation.get("security", ()) for name in requirement
+        ):
             assert scheme in DOC["components"]["securitySchemes"]
     for name, request in DOC["x-requests-outside-operations"].items():
         assert request["method"].lower() not in DOC["paths"].get(request["path"], {}), name
@@ -452,7 +504,25 @@ def test_operations_are_well_formed():
 
 def test_the_status_list_is_read_from_server_py():
     # The regular expression above must find what server.py answers with, or the check above is empty.
-    assert {200, 201, 204, 400, 401, 403, 404, 405, 408, 411, 413, 415, 429, 431, 500, 503, 505} <= SERVER_STATUSES
+    assert {
+        200,
+        201,
+        204,
+        400,
+        401,
+        403,
+        404,
+        405,
+        408,
+        411,
+        413,
+        415,
+        429,
+        431,
+        500,
+        503,
+        505,
+    } <= SERVER_STATUSES
     assert SERVER_STATUSES <= {status.value for status in http.HTTPStatus}
 
 
@@ -511,7 +581,9 @@ def test_token_request_shapes_are_told_apart_as_the_server_does():
 
 @pytest.mark.parametrize("cors", ["any-origin", "listed"])
 @pytest.mark.parametrize("method,path,body,headers,expected,name,response_ref", REPLAYS)
-def test_replayed_example_gets_a_documented_answer(method, path, body, headers, expected, name, response_ref, cors):
+def test_replayed_example_gets_a_documented_answer(
+    method, path, body, headers, expected, name, response_ref, cors
+):
     headers = dict(headers)
     if cors == "listed":
         headers.setdefault("Origin", ORIGIN)
@@ -533,7 +605,9 @@ def test_replayed_example_gets_a_documented_answer(method, path, body, headers, 
     check_headers(response_doc, response_headers, where)
     got = {key.lower(): value for key, value in response_headers}
     if "Access-Control-Allow-Origin" in response_doc.get("headers", {}):
-        assert got.get("access-control-allow-origin") == (ORIGIN if cors == "listed" else "*"), where
+        assert got.get("access-control-allow-origin") == (ORIGIN if cors == "listed" else "*"), (
+            where
+        )
 
     content = response_doc.get("content")
     if not content:
@@ -546,7 +620,11 @@ def test_replayed_example_gets_a_documented_answer(method, path, body, headers, 
         value = json.loads(response_body)
     else:
         value = response_body.decode("utf-8")
-    assert not schema_errors(value, media["schema"]), (where, schema_errors(value, media["schema"]), value)
+    assert not schema_errors(value, media["schema"]), (
+        where,
+        schema_errors(value, media["schema"]),
+        value,
+    )
     if name is not None:
         examples = media.get("examples", {})
         assert name in examples, f"{where}: no response example named {name}"
@@ -557,7 +635,11 @@ def test_an_unlisted_origin_gets_no_allow_origin():
     # The one documented exception to Access-Control-Allow-Origin being sent: the browser hides the answer.
     request = json.dumps({"roomName": "Test Room", "participantName": "Participant42"}).encode()
     status, headers, _ = call(
-        app_for("listed"), "POST", "/token", request, {"Content-Type": "application/json", "Origin": "https://evil.example"}
+        app_for("listed"),
+        "POST",
+        "/token",
+        request,
+        {"Content-Type": "application/json", "Origin": "https://evil.example"},
     )
     assert status == 200
     names = {name.lower(): value for name, value in headers}
@@ -621,7 +703,9 @@ NAME_SCHEMAS = {
 }
 
 
-POLICY = server.TokenPolicy(server.Settings(api_key=API_KEY, api_secret=API_SECRET), clock=lambda: FIXED_NOW)
+POLICY = server.TokenPolicy(
+    server.Settings(api_key=API_KEY, api_secret=API_SECRET), clock=lambda: FIXED_NOW
+)
 
 
 def _server_refuses(text: str, identifier: bool) -> bool:
@@ -640,8 +724,11 @@ def test_name_patterns_refuse_exactly_what_the_server_refuses(name):
     differ = [
         f"U+{code:04X}"
         for code in range(0x10000)
-        if not 0xD800 <= code <= 0xDFFF  # surrogates: no JSON text holds one alone ("has an unpaired surrogate")
-        and (pattern.search("a" + chr(code) + "b") is None) != _server_refuses("a" + chr(code) + "b", identifier)
+        if not 0xD800
+        <= code
+        <= 0xDFFF  # surrogates: no JSON text holds one alone ("has an unpaired surrogate")
+        and (pattern.search("a" + chr(code) + "b") is None)
+        != _server_refuses("a" + chr(code) + "b", identifier)
     ]
     assert differ == [], differ[:20]
 
@@ -709,7 +796,9 @@ VALID = [
 ]
 
 
-@pytest.mark.parametrize("schema,instance", INVALID, ids=[f"invalid-{i}" for i in range(len(INVALID))])
+@pytest.mark.parametrize(
+    "schema,instance", INVALID, ids=[f"invalid-{i}" for i in range(len(INVALID))]
+)
 def test_validator_rejects(schema, instance):
     assert schema_errors(instance, schema)
 

@@ -91,13 +91,18 @@ def test_a_config_that_still_sets_a_removed_key_stops_the_server(tmp_path, key):
 
 
 def test_removed_environment_variables_are_not_settings_and_stop_the_server():
-    assert {env for _, _, env in server.SETTING_SOURCES.values()}.isdisjoint({"SERVER_METRICS", "SERVER_LOG_FORMAT"})
+    assert {env for _, _, env in server.SETTING_SOURCES.values()}.isdisjoint(
+        {"SERVER_METRICS", "SERVER_LOG_FORMAT"}
+    )
     # Set, they would be quietly ignored: an operator who still sets one is told instead.
     for name in ("SERVER_METRICS", "SERVER_LOG_FORMAT"):
         with pytest.raises(server.SettingsError, match=f"^{name} is no longer a setting"):
             server.load_settings({name: "true"})
-    # The environment holds much besides settings: any other unknown variable is never an error.
-    assert server.load_settings({"SERVER_NAME": "x", "TOKEN_FOO": "1"}) == server.load_settings({})
+    # The environment holds much besides settings: a variable that is not close to a setting's
+    # name is never an error.
+    assert server.load_settings(
+        {"SERVER_NAME": "x", "TOKEN_FOO_BAR_BAZ": "1"}
+    ) == server.load_settings({})
 
 
 # --------------------------------------------------------------------------
@@ -106,17 +111,23 @@ def test_removed_environment_variables_are_not_settings_and_stop_the_server():
 
 def test_a_record_is_one_line_of_time_level_msg_then_its_fields():
     line = server.LogfmtFormatter().format(
-        record("request", client="127.0.0.1", method="POST", path="/token", status=200, duration_ms=0.4)
+        record(
+            "request", client="127.0.0.1", method="POST", path="/token", status=200, duration_ms=0.4
+        )
     )
     assert re.fullmatch(
-        TIME + r" level=INFO msg=request client=127\.0\.0\.1 method=POST path=/token status=200 duration_ms=0\.4", line
+        TIME
+        + r" level=INFO msg=request client=127\.0\.0\.1 method=POST path=/token status=200 duration_ms=0\.4",
+        line,
     ), line
 
 
 QUOTED = [
     pytest.param("room 1", '"room 1"', id="space"),
     pytest.param('a "quoted" room', '"a \\"quoted\\" room"', id="quotes"),
-    pytest.param("x\nlevel=ERROR msg=forged", '"x\\nlevel=ERROR msg=forged"', id="newline-forging-a-line"),
+    pytest.param(
+        "x\nlevel=ERROR msg=forged", '"x\\nlevel=ERROR msg=forged"', id="newline-forging-a-line"
+    ),
     pytest.param("x room=other", '"x room=other"', id="space-forging-a-field"),
     pytest.param("a=b", '"a=b"', id="equals"),
     pytest.param("", '""', id="empty"),
@@ -129,7 +140,7 @@ QUOTED = [
 @pytest.mark.parametrize("value, written", QUOTED)
 def test_a_value_that_is_not_a_plain_word_is_json_quoted(value, written):
     line = server.LogfmtFormatter().format(record("webhook event", room=value))
-    assert line.endswith(" msg=\"webhook event\" room=" + written), line
+    assert line.endswith(' msg="webhook event" room=' + written), line
     assert "\n" not in line and line.isascii()
 
 
@@ -137,7 +148,9 @@ def test_a_traceback_is_one_quoted_field():
     try:
         raise ValueError("boom")
     except ValueError:
-        made = logging.LogRecord("livekit_token_server", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+        made = logging.LogRecord(
+            "livekit_token_server", logging.ERROR, __file__, 1, "failed", (), sys.exc_info()
+        )
     line = server.LogfmtFormatter().format(made)
     expected = r' traceback="Traceback \(most recent call last\):\\n.*ValueError: boom"$'
     assert "\n" not in line and re.search(expected, line), line
@@ -153,7 +166,9 @@ def test_configure_logging_adds_one_handler_once(monkeypatch):
     assert len(logger.handlers) == 1 and logger.level == logging.INFO
     logger.info("listening", extra={"fields": {"host": "127.0.0.1", "port": 6080}})
     logger.debug("not written")
-    assert re.fullmatch(TIME + r" level=INFO msg=listening host=127\.0\.0\.1 port=6080\n", stream.getvalue())
+    assert re.fullmatch(
+        TIME + r" level=INFO msg=listening host=127\.0\.0\.1 port=6080\n", stream.getvalue()
+    )
 
 
 # --------------------------------------------------------------------------
@@ -163,7 +178,9 @@ def test_configure_logging_adds_one_handler_once(monkeypatch):
 def start(**env: str) -> LoggedProcess:
     """`python3 -E -S server.py` with only `env` (and PATH): no credentials means development mode."""
     return LoggedProcess(
-        [sys.executable, "-E", "-S", "server.py"], cwd=ROOT, env={"PATH": os.environ.get("PATH", ""), **env}
+        [sys.executable, "-E", "-S", "server.py"],
+        cwd=ROOT,
+        env={"PATH": os.environ.get("PATH", ""), **env},
     )
 
 
@@ -177,7 +194,9 @@ def get(port: int, path: str) -> int:
         return err.code
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name
+)
 def test_development_mode_on_loopback_logs_logfmt_and_each_signal_drains(signum):
     # No SERVER_HOST and no credentials: development mode, on 127.0.0.1 by default.
     process = start(SERVER_PORT="0")
@@ -191,16 +210,20 @@ def test_development_mode_on_loopback_logs_logfmt_and_each_signal_drains(signum)
     assert code == 0, process.output
     lines = process.output.splitlines()
     assert all(re.match(TIME + r" level=(INFO|WARNING) msg=", line) for line in lines), lines
-    assert re.match(TIME + r' level=WARNING msg="DEVELOPMENT MODE: .*Listening on loopback only', lines[0]), lines[0]
+    assert re.match(
+        TIME + r' level=WARNING msg="DEVELOPMENT MODE: .*Listening on loopback only', lines[0]
+    ), lines[0]
     assert LISTENING.search(lines[1]), lines[1]
     # A connection's thread logs its request after answering, so the lines of two requests,
     # and of a request and the signal, may come in either order; "stopped" comes last.
     access = [line for line in lines if " msg=request " in line]
-    assert sorted(re.sub(r"duration_ms=[0-9.]+$", "duration_ms=N", line.split(" ", 1)[1]) for line in access) == [
+    assert sorted(
+        re.sub(r"duration_ms=[0-9.]+", "duration_ms=N", line.split(" ", 1)[1]) for line in access
+    ) == [
         "level=INFO msg=request client=127.0.0.1 method=GET path=/healthz status=200 duration_ms=N",
-        "level=INFO msg=request client=127.0.0.1 method=GET path=/metrics status=404 duration_ms=N",
+        'level=INFO msg=request client=127.0.0.1 method=GET path=/metrics status=404 duration_ms=N reason="Not found"',
     ]
-    stopping = [line for line in lines if "msg=\"stopping: finishing requests in flight\"" in line]
+    stopping = [line for line in lines if 'msg="stopping: finishing requests in flight"' in line]
     assert len(stopping) == 1 and stopping[0].endswith(f" signal={signum.name}"), lines
     assert lines[-1].endswith("level=INFO msg=stopped"), lines
     assert len(lines) == 2 + len(access) + 2, lines
@@ -216,9 +239,15 @@ def test_development_mode_on_loopback_logs_logfmt_and_each_signal_drains(signum)
             id="auth-secrets",
         ),
         pytest.param({"TOKEN_ROOMS": " "}, "TOKEN_ROOMS is set but lists nothing", id="rooms"),
-        pytest.param({"CORS_ALLOWED_ORIGINS": ""}, "CORS_ALLOWED_ORIGINS is set but lists nothing", id="origins"),
         pytest.param(
-            {"TOKEN_CAN_PUBLISH_SOURCES": ", ,"}, "TOKEN_CAN_PUBLISH_SOURCES is set but lists nothing", id="sources"
+            {"CORS_ALLOWED_ORIGINS": ""},
+            "CORS_ALLOWED_ORIGINS is set but lists nothing",
+            id="origins",
+        ),
+        pytest.param(
+            {"TOKEN_CAN_PUBLISH_SOURCES": ", ,"},
+            "TOKEN_CAN_PUBLISH_SOURCES is set but lists nothing",
+            id="sources",
         ),
         pytest.param(
             {"LIVEKIT_API_KEY": "APIkey"},
@@ -296,7 +325,13 @@ def test_the_threat_model_states_the_current_defaults():
         "SIGTERM (and SIGINT, SIGHUP): stop accepting, finish requests in flight",
     ):
         assert claim in text, claim
-    for gone in ("SERVER_METRICS", "SERVER_LOG_FORMAT", "location = /metrics", "event loop", "json logs"):
+    for gone in (
+        "SERVER_METRICS",
+        "SERVER_LOG_FORMAT",
+        "location = /metrics",
+        "event loop",
+        "json logs",
+    ):
         assert gone.lower() not in text.lower(), gone
 
 
@@ -304,17 +339,23 @@ def test_the_log_line_in_the_docs_is_the_one_the_server_writes():
     text = " ".join(DOC.split())
     shown = re.search(r"\(`(time=\.\.\. level=INFO msg=request [^`]+)`\)", text)[1]
     written = server.LogfmtFormatter().format(
-        record("request", client="127.0.0.1", method="POST", path="/token", status=200, duration_ms=0.4)
+        record(
+            "request", client="127.0.0.1", method="POST", path="/token", status=200, duration_ms=0.4
+        )
     )
     assert shown.split(" ", 1)[1] == written.split(" ", 1)[1]
 
 
 def test_the_systemd_unit_matches_the_exit_codes_and_signals():
     unit = re.search(r"```ini\n(.*?)```", DOC, re.S)[1]
-    settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    settings = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#")
+    )
     assert settings["ExecStart"] == "/usr/bin/python3 -E -S -B -m server"
     assert settings["RestartPreventExitStatus"] == "2"  # main(): a configuration error
-    assert settings["Restart"] == "always"  # SIGHUP drains and exits 0: on-failure would leave it stopped
+    assert (
+        settings["Restart"] == "always"
+    )  # SIGHUP drains and exits 0: on-failure would leave it stopped
     assert "ExecReload" not in settings
     assert int(settings["TimeoutStopSec"]) > 10  # serve()'s default grace
 
@@ -324,19 +365,29 @@ def test_the_library_snippet_runs_with_the_sdk():
     snippet = re.search(r"```python\n(.*?)```", DOC, re.S)[1]
     namespace: dict = {}
     exec(compile(snippet, "docs/operations.md", "exec"), namespace)  # its asserts run here
-    body = json.dumps({"event": "room_started", "id": "EV_doc", "room": {"name": "my-room", "sid": "RM_x"}}).encode()
+    body = json.dumps(
+        {"event": "room_started", "id": "EV_doc", "room": {"name": "my-room", "sid": "RM_x"}}
+    ).encode()
     digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
     authorization = AccessToken(namespace["KEY"], namespace["SECRET"]).with_sha256(digest).to_jwt()
     message = namespace["on_webhook"](body, authorization)
     assert (message.event, message.id, message.room.name) == ("room_started", "EV_doc", "my-room")
-    receiver = namespace["WebhookReceiver"](namespace["TokenVerifier"](namespace["KEY"], namespace["SECRET"]))
+    receiver = namespace["WebhookReceiver"](
+        namespace["TokenVerifier"](namespace["KEY"], namespace["SECRET"])
+    )
     event = receiver.receive(body, authorization)
-    assert isinstance(event, WebhookEvent) and (event.event, event.room.sid) == ("room_started", "RM_x")
+    assert isinstance(event, WebhookEvent) and (event.event, event.room.sid) == (
+        "room_started",
+        "RM_x",
+    )
 
 
 def test_ci_runs_the_readmes_test_command_and_coverage_command_as_written():
     root = Path(__file__).resolve().parents[1]
-    readme, ci = (root / "README.md").read_text(encoding="utf-8"), (root / ".ci" / "run").read_text(encoding="utf-8")
+    readme, ci = (
+        (root / "README.md").read_text(encoding="utf-8"),
+        (root / ".ci" / "run").read_text(encoding="utf-8"),
+    )
     commands = re.findall(r"```sh\n(.*?)\n *```", readme, re.S)
     test_command = commands[1]  # the second of the two commands the README starts with
     assert test_command.startswith("python3 -m venv .venv") and "pytest" in test_command

@@ -28,7 +28,9 @@ SHIPPED = sorted([ROOT / "server.py", *(ROOT / "livekit_auth").glob("*.py")])
 
 
 def _pyproject() -> dict:
-    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    tomllib = pytest.importorskip(
+        "tomllib", reason="tomllib is in the standard library from Python 3.11"
+    )
     with open(ROOT / "pyproject.toml", "rb") as file:
         return tomllib.load(file)
 
@@ -54,7 +56,9 @@ def test_test_extra_pins_exactly_what_requirements_test_txt_pins():
     assert sorted(map(_normalized, extra)) == sorted(map(_normalized, from_file))
     # Every line pinned to one version, in both: the golden vectors and the
     # hosts under test are those exact releases.
-    assert all(re.fullmatch(r"[a-z0-9-]+==[0-9][0-9a-z.]*", _normalized(r)) for r in from_file), from_file
+    assert all(re.fullmatch(r"[a-z0-9-]+==[0-9][0-9a-z.]*", _normalized(r)) for r in from_file), (
+        from_file
+    )
     names = [_normalized(r).split("==")[0] for r in from_file]
     assert {"livekit-api", "pytest", "gunicorn", "waitress", "coverage"} <= set(names)
     assert len(names) == len(set(names))
@@ -109,12 +113,16 @@ def _python_3_10() -> str | None:
     on PATH may exist without 3.10 being selected)."""
     candidates = [shutil.which("python3.10")]
     pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
-    candidates += sorted(glob.glob(os.path.join(pyenv_root, "versions", "3.10.*", "bin", "python3.10")))
+    candidates += sorted(
+        glob.glob(os.path.join(pyenv_root, "versions", "3.10.*", "bin", "python3.10"))
+    )
     for candidate in filter(None, candidates):
         try:
             result = subprocess.run(
                 [candidate, "-E", "-S", "-c", "import sys; print(sys.version_info[:2])"],
-                capture_output=True, text=True, timeout=TIMEOUT,
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT,
             )
         except OSError:
             continue
@@ -165,8 +173,11 @@ def test_server_and_library_work_on_python_3_10_with_the_standard_library_alone(
         pytest.skip("no working python3.10 on PATH or under pyenv: the 3.10 run is not checked")
     result = subprocess.run(
         [python, "-E", "-S", "-c", ON_PYTHON_3_10],
-        cwd=ROOT, env={"PATH": os.environ.get("PATH", "")},
-        capture_output=True, text=True, timeout=TIMEOUT,
+        cwd=ROOT,
+        env={"PATH": os.environ.get("PATH", "")},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "ok\n"
@@ -180,7 +191,9 @@ def _copy_project(destination: Path) -> None:
     # The build writes build/ and *.egg-info next to pyproject.toml: a copy
     # keeps them out of the work tree. tests/ and bench/ come along so that
     # leaving them out of the wheel is the configuration's doing.
-    ignore = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "build", "*.egg-info", "dist")
+    ignore = shutil.ignore_patterns(
+        ".git", ".venv", "__pycache__", "*.pyc", "build", "*.egg-info", "dist"
+    )
     shutil.copytree(ROOT, destination, ignore=ignore)
 
 
@@ -194,14 +207,29 @@ def test_build_takes_server_py_and_livekit_auth_only(tmp_path):
     `egg_info` (metadata, entry points, requirements) and `build_py` (the files
     copied into the wheel's root), and checks what they produce.
     """
-    pytest.importorskip("setuptools", reason="the venv's Python has no setuptools (Python 3.12+ venvs)")
+    pytest.importorskip(
+        "setuptools", reason="the venv's Python has no setuptools (Python 3.12+ venvs)"
+    )
     source, out = tmp_path / "src", tmp_path / "out"
     _copy_project(source)
     result = subprocess.run(
-        [sys.executable, "-c", "import setuptools; setuptools.setup()", "--quiet",
-         "egg_info", "--egg-base", str(tmp_path), "build_py", "--build-lib", str(out)],
-        cwd=source, env={"PATH": os.environ.get("PATH", ""), "PYTHONDONTWRITEBYTECODE": "1"},
-        capture_output=True, text=True, timeout=TIMEOUT,
+        [
+            sys.executable,
+            "-c",
+            "import setuptools; setuptools.setup()",
+            "--quiet",
+            "egg_info",
+            "--egg-base",
+            str(tmp_path),
+            "build_py",
+            "--build-lib",
+            str(out),
+        ],
+        cwd=source,
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
     assert result.returncode == 0, result.stderr
     built = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
@@ -214,7 +242,10 @@ def test_build_takes_server_py_and_livekit_auth_only(tmp_path):
     assert requires.lstrip().startswith("[test]\n"), requires
     entry_points = (info / "entry_points.txt").read_text(encoding="utf-8").split()
     assert entry_points == ["[console_scripts]", "livekit-token-server", "=", "server:main"]
-    assert (info / "top_level.txt").read_text(encoding="utf-8").split() == ["livekit_auth", "server"]
+    assert (info / "top_level.txt").read_text(encoding="utf-8").split() == [
+        "livekit_auth",
+        "server",
+    ]
 
 
 def _older_pythons() -> list:
@@ -226,6 +257,16 @@ def _older_pythons() -> list:
 @pytest.mark.skipif(not _older_pythons(), reason="no Python 3.8 or 3.9 here")
 @pytest.mark.parametrize("python", _older_pythons() or ["none"])
 def test_an_older_python_is_told_in_one_line_which_it_needs_and_exits_2(python, tmp_path):
-    result = subprocess.run([python, "-E", "-S", str(ROOT / "server.py")], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=TIMEOUT, env={"PATH": "/usr/bin:/bin"})
-    assert (result.returncode, result.stdout, result.stderr) == (2, "", "server.py needs Python 3.10 or newer\n")
+    result = subprocess.run(
+        [python, "-E", "-S", str(ROOT / "server.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (
+        2,
+        "",
+        "server.py needs Python 3.10 or newer\n",
+    )

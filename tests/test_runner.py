@@ -17,6 +17,7 @@ traceback, and no exception escaping a server thread.
 from __future__ import annotations
 
 import email.utils
+import errno
 import http.client
 import ipaddress
 import json
@@ -62,8 +63,11 @@ NOW = 1_750_000_000  # the app's clock: tokens are minted and verified at this i
 JWT_RE = re.compile(r"[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}")
 # server.py's access line on standard error (LogfmtFormatter).
 STAMP = r"time=[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z"
+# Then what the app adds: room and identity for a token, event, id and room for a webhook, a reason.
 ACCESS_LINE = re.compile(
-    STAMP + r" level=INFO msg=request client=(\S+) method=(\S+) path=(\S+) status=([0-9]{3}) duration_ms=[0-9]+\.[0-9]+"
+    STAMP
+    + r" level=INFO msg=request client=(\S+) method=(\S+) path=(\S+) status=([0-9]{3}) duration_ms=[0-9]+\.[0-9]+"
+    r"(?: (?:room|identity|event|id|duplicate|reason)=(?:[\w.:/@+-]+|\"(?:[^\"\\]|\\.)*\"))*"
 )
 
 
@@ -83,7 +87,12 @@ def token_body(participant: str = "alice", room: str = "room-1") -> bytes:
 
 def token_request(participant: str = "alice", room: str = "room-1", extra=()) -> bytes:
     body = token_body(participant, room)
-    headers = [HOST, ("Content-Type", "application/json"), ("Content-Length", str(len(body))), *extra]
+    headers = [
+        HOST,
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body))),
+        *extra,
+    ]
     return build("POST", "/token", headers, body)
 
 
@@ -153,7 +162,9 @@ def start_server():
     """
     started: list = []
 
-    def start(*, app: Optional[Callable] = None, on_event: Optional[Callable] = None, **overrides) -> Running:
+    def start(
+        *, app: Optional[Callable] = None, on_event: Optional[Callable] = None, **overrides
+    ) -> Running:
         fields = dict(
             api_key=KEY,
             api_secret=SECRET,
@@ -206,7 +217,9 @@ def guard(caplog, thread_crashes):
     yield caplog
     # Torn down after start_server, so the server threads are done.
     records = log_records(caplog)
-    formatter = server.LogfmtFormatter()  # as server.py writes them: the fields are where the data is
+    formatter = (
+        server.LogfmtFormatter()
+    )  # as server.py writes them: the fields are where the data is
     text = "\n".join(formatter.format(record) for record in records)
     assert SECRET not in text
     assert "Traceback" not in text
@@ -223,12 +236,16 @@ def access_records(caplog) -> list:
 
 def access_lines(caplog) -> list:
     """(method, path, status) of each access-log record so far."""
-    return [(fields["method"], fields["path"], fields["status"]) for fields in access_records(caplog)]
+    return [
+        (fields["method"], fields["path"], fields["status"]) for fields in access_records(caplog)
+    ]
 
 
 def logged(caplog, message: str) -> list:
     """The fields of each record whose message is `message`."""
-    return [getattr(record, "fields", {}) for record in caplog.records if record.getMessage() == message]
+    return [
+        getattr(record, "fields", {}) for record in caplog.records if record.getMessage() == message
+    ]
 
 
 class SpyApp:
@@ -297,7 +314,12 @@ def test_http_client_keeps_one_connection_alive(live):
     try:
         sockets = []
         for i in range(3):
-            conn.request("POST", "/token", body=token_body(f"user-{i}"), headers={"Content-Type": "application/json"})
+            conn.request(
+                "POST",
+                "/token",
+                body=token_body(f"user-{i}"),
+                headers={"Content-Type": "application/json"},
+            )
             reply = conn.getresponse()
             body = reply.read()
             assert reply.status == 200 and not reply.will_close
@@ -306,10 +328,18 @@ def test_http_client_keeps_one_connection_alive(live):
         # HEAD and the 204 preflight carry no body; the connection stays in step.
         conn.request("HEAD", "/healthz")
         reply = conn.getresponse()
-        assert reply.status == 200 and reply.read() == b"" and int(reply.getheader("Content-Length")) > 0
+        assert (
+            reply.status == 200
+            and reply.read() == b""
+            and int(reply.getheader("Content-Length")) > 0
+        )
         conn.request("OPTIONS", "/token")
         reply = conn.getresponse()
-        assert reply.status == 204 and reply.read() == b"" and reply.getheader("Content-Length") is None
+        assert (
+            reply.status == 204
+            and reply.read() == b""
+            and reply.getheader("Content-Length") is None
+        )
         conn.request("GET", "/healthz")
         reply = conn.getresponse()
         assert reply.status == 200 and json.loads(reply.read()) == {"status": "ok"}
@@ -449,41 +479,98 @@ def _get(*headers: tuple) -> bytes:
 MALFORMED = [
     pytest.param(b"HELLO\r\n\r\n", 400, MALFORMED_LINE, id="one-word"),
     pytest.param(b"GET /token\r\n\r\n", 400, MALFORMED_LINE, id="no-version"),
-    pytest.param(b"GET  /healthz HTTP/1.1\r\nHost: t\r\n\r\n", 400, MALFORMED_LINE, id="double-space"),
-    pytest.param(b"GET /healthz http/1.1\r\nHost: t\r\n\r\n", 400, MALFORMED_LINE, id="lower-case-version"),
-    pytest.param(b"GET /healthz HTTP/1.1 x\r\nHost: t\r\n\r\n", 400, MALFORMED_LINE, id="four-parts"),
-    pytest.param(b"G(T /healthz HTTP/1.1\r\nHost: t\r\n\r\n", 400, MALFORMED_LINE, id="method-not-a-token"),
+    pytest.param(
+        b"GET  /healthz HTTP/1.1\r\nHost: t\r\n\r\n", 400, MALFORMED_LINE, id="double-space"
+    ),
+    pytest.param(
+        b"GET /healthz http/1.1\r\nHost: t\r\n\r\n", 400, MALFORMED_LINE, id="lower-case-version"
+    ),
+    pytest.param(
+        b"GET /healthz HTTP/1.1 x\r\nHost: t\r\n\r\n", 400, MALFORMED_LINE, id="four-parts"
+    ),
+    pytest.param(
+        b"G(T /healthz HTTP/1.1\r\nHost: t\r\n\r\n", 400, MALFORMED_LINE, id="method-not-a-token"
+    ),
     pytest.param(b"GET /token HTTP/2.0\r\n\r\n", 505, VERSION, id="http2"),
     pytest.param(b"GET /token HTTP/2.0\r\nHost: t\r\n\r\n", 505, VERSION, id="http2-host"),
     pytest.param(b"GET /token HTTP/0.9\r\n\r\n", 505, VERSION, id="http09"),
     pytest.param(b"GET /healthz HTTP/1.1\r\n\r\n", 400, "Host header is required", id="no-host"),
-    pytest.param(b"GET http://127.0.0.1/healthz HTTP/1.1\r\nHost: t\r\n\r\n", 400, NOT_A_PATH, id="absolute-form"),
+    pytest.param(
+        b"GET http://127.0.0.1/healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+        400,
+        NOT_A_PATH,
+        id="absolute-form",
+    ),
     pytest.param(b"GET healthz HTTP/1.1\r\nHost: t\r\n\r\n", 400, NOT_A_PATH, id="relative-target"),
     pytest.param(b"GET * HTTP/1.1\r\nHost: t\r\n\r\n", 400, NOT_A_PATH, id="asterisk-not-options"),
     pytest.param(b"GET /healthz HTTP/1.1\nHost: t\n\n", 400, BARE_LF, id="bare-lf"),
-    pytest.param(b"GET /healthz HTTP/1.1\r\nHost: t\nX-A: b\r\n\r\n", 400, BARE_LF, id="bare-lf-header-line"),
+    pytest.param(
+        b"GET /healthz HTTP/1.1\r\nHost: t\nX-A: b\r\n\r\n", 400, BARE_LF, id="bare-lf-header-line"
+    ),
     pytest.param(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\n", 400, BARE_LF, id="bare-lf-blank-line"),
-    pytest.param(b"GET /healthz HTTP/1.1\r\nHost: t\r\nNoColon\r\n\r\n", 400, MALFORMED_FIELD, id="no-colon"),
-    pytest.param(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: a\r\n  b\r\n\r\n", 400, MALFORMED_FIELD, id="obs-fold"),
-    pytest.param(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX: a\r\n\tY: b\r\n\r\n", 400, MALFORMED_FIELD, id="obs-fold-colon"),
-    pytest.param(b"GET /healthz HTTP/1.1\r\nHost : t\r\n\r\n", 400, MALFORMED_FIELD, id="space-before-colon"),
-    pytest.param(b"GET /healthz HTTP/1.1\r\n Host: t\r\n\r\n", 400, MALFORMED_FIELD, id="space-before-name"),
-    pytest.param(b"GET /healthz HTTP/1.1\r\nHost: t\r\n: v\r\n\r\n", 400, MALFORMED_FIELD, id="empty-name"),
-    pytest.param(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX(A): v\r\n\r\n", 400, MALFORMED_FIELD, id="name-not-a-token"),
+    pytest.param(
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nNoColon\r\n\r\n", 400, MALFORMED_FIELD, id="no-colon"
+    ),
+    pytest.param(
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: a\r\n  b\r\n\r\n",
+        400,
+        MALFORMED_FIELD,
+        id="obs-fold",
+    ),
+    pytest.param(
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nX: a\r\n\tY: b\r\n\r\n",
+        400,
+        MALFORMED_FIELD,
+        id="obs-fold-colon",
+    ),
+    pytest.param(
+        b"GET /healthz HTTP/1.1\r\nHost : t\r\n\r\n", 400, MALFORMED_FIELD, id="space-before-colon"
+    ),
+    pytest.param(
+        b"GET /healthz HTTP/1.1\r\n Host: t\r\n\r\n", 400, MALFORMED_FIELD, id="space-before-name"
+    ),
+    pytest.param(
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\n: v\r\n\r\n", 400, MALFORMED_FIELD, id="empty-name"
+    ),
+    pytest.param(
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nX(A): v\r\n\r\n",
+        400,
+        MALFORMED_FIELD,
+        id="name-not-a-token",
+    ),
     pytest.param(_get(("X-A", "a\x01b")), 400, CONTROL, id="ctl-soh"),
     pytest.param(_get(("X-A", "a\x00b")), 400, CONTROL, id="ctl-nul"),
     pytest.param(_get(("X-A", "a\x7fb")), 400, CONTROL, id="ctl-del"),
     pytest.param(_get(("X-A", "a\rb")), 400, CONTROL, id="ctl-bare-cr"),
     # A bare LF ends the line for http.client: the smuggled line is refused as a bare-LF line.
-    pytest.param(_get(("X-A", "a\nContent-Length: 5")), 400, BARE_LF, id="bare-lf-in-value-smuggle"),
+    pytest.param(
+        _get(("X-A", "a\nContent-Length: 5")), 400, BARE_LF, id="bare-lf-in-value-smuggle"
+    ),
     pytest.param(_get(("Host", "t")), 400, REPEATED, id="repeated-host"),
-    pytest.param(_post(("Content-Length", "2"), ("Content-Length", "2")), 400, REPEATED, id="cl-repeated-same"),
-    pytest.param(_post(("Content-Length", "2"), ("Content-Length", "3")), 400, REPEATED, id="cl-repeated-different"),
-    pytest.param(_post(("Content-Length", "2"), ("content-length", "2")), 400, REPEATED, id="cl-repeated-case"),
+    pytest.param(
+        _post(("Content-Length", "2"), ("Content-Length", "2")),
+        400,
+        REPEATED,
+        id="cl-repeated-same",
+    ),
+    pytest.param(
+        _post(("Content-Length", "2"), ("Content-Length", "3")),
+        400,
+        REPEATED,
+        id="cl-repeated-different",
+    ),
+    pytest.param(
+        _post(("Content-Length", "2"), ("content-length", "2")),
+        400,
+        REPEATED,
+        id="cl-repeated-case",
+    ),
     pytest.param(_post(("Content-Length", "2, 2")), 400, BAD_LENGTH, id="cl-list"),
     pytest.param(_post(("Content-Length", "+2")), 400, BAD_LENGTH, id="cl-plus"),
     pytest.param(_post(("Content-Length", "-1")), 400, BAD_LENGTH, id="cl-minus"),
-    pytest.param(_post(("Content-Length", "1_0"), body=b"{}" * 5), 400, BAD_LENGTH, id="cl-underscore"),
+    pytest.param(
+        _post(("Content-Length", "1_0"), body=b"{}" * 5), 400, BAD_LENGTH, id="cl-underscore"
+    ),
     pytest.param(_post(("Content-Length", "0x2")), 400, BAD_LENGTH, id="cl-hex"),
     pytest.param(_post(("Content-Length", "2.0")), 400, BAD_LENGTH, id="cl-decimal-point"),
     pytest.param(_post(("Content-Length", "")), 400, BAD_LENGTH, id="cl-empty"),
@@ -492,15 +579,30 @@ MALFORMED = [
     pytest.param(_post(("Content-Length", "0" * 13)), 400, BAD_LENGTH, id="cl-13-digits"),
     pytest.param(_post(TE_CHUNKED, body=CHUNKED_BODY), 411, CHUNKED, id="te-chunked"),
     pytest.param(
-        _post(TE_CHUNKED, ("Content-Length", "2"), body=CHUNKED_BODY), 411, CHUNKED, id="te-chunked-and-cl"
+        _post(TE_CHUNKED, ("Content-Length", "2"), body=CHUNKED_BODY),
+        411,
+        CHUNKED,
+        id="te-chunked-and-cl",
     ),
     pytest.param(
-        _post(("Content-Length", "2"), TE_CHUNKED, body=CHUNKED_BODY), 411, CHUNKED, id="cl-and-te-chunked"
+        _post(("Content-Length", "2"), TE_CHUNKED, body=CHUNKED_BODY),
+        411,
+        CHUNKED,
+        id="cl-and-te-chunked",
     ),
-    pytest.param(_post(("Transfer-Encoding", "identity"), ("Content-Length", "2")), 411, CHUNKED, id="te-identity"),
+    pytest.param(
+        _post(("Transfer-Encoding", "identity"), ("Content-Length", "2")),
+        411,
+        CHUNKED,
+        id="te-identity",
+    ),
     # Host and 99 more: 100 header lines, one past server.MAX_HEADERS.
-    pytest.param(_get(*[(f"X-H{i}", "v") for i in range(99)]), 431, TOO_MANY, id="100-header-lines"),
-    pytest.param(_get(*[(f"X-H{i}", "v") for i in range(100)]), 431, TOO_MANY, id="101-header-lines"),
+    pytest.param(
+        _get(*[(f"X-H{i}", "v") for i in range(99)]), 431, TOO_MANY, id="100-header-lines"
+    ),
+    pytest.param(
+        _get(*[(f"X-H{i}", "v") for i in range(100)]), 431, TOO_MANY, id="101-header-lines"
+    ),
     pytest.param(
         b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * (17 * 1024),
         431,
@@ -528,7 +630,10 @@ def test_head_over_16k_in_one_send_is_refused(live):
     with live.connect() as sock:
         sock.sendall(raw)
         response, rest = read_response(sock)
-        assert (response.status, response.json()) == (431, {"errorMessage": "Request head is too large"})
+        assert (response.status, response.json()) == (
+            431,
+            {"errorMessage": "Request head is too large"},
+        )
 
 
 # --------------------------------------------------------------------------
@@ -536,12 +641,25 @@ def test_head_over_16k_in_one_send_is_refused(live):
 
 # What the runner puts in every environ, besides the request's own HTTP_* headers.
 CGI_KEYS = {
-    "REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "SERVER_NAME", "SERVER_PORT",
-    "SERVER_PROTOCOL", "REMOTE_ADDR",
+    "REQUEST_METHOD",
+    "SCRIPT_NAME",
+    "PATH_INFO",
+    "QUERY_STRING",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "SERVER_PROTOCOL",
+    "REMOTE_ADDR",
 }
 WSGI_KEYS = {
-    "wsgi.version", "wsgi.url_scheme", "wsgi.input", "wsgi.errors", "wsgi.multithread",
-    "wsgi.multiprocess", "wsgi.run_once",
+    "wsgi.version",
+    "wsgi.url_scheme",
+    "wsgi.input",
+    "wsgi.errors",
+    "wsgi.multithread",
+    "wsgi.multiprocess",
+    "wsgi.run_once",
+    # The runner's own: what the app adds to this request's access line.
+    "access_log.fields",
 }
 
 
@@ -557,16 +675,28 @@ def test_environ_holds_the_request_and_nothing_from_os_environ(live, monkeypatch
         assert response.status == 200
     (environ,) = spy.environs
     assert set(environ) == CGI_KEYS | WSGI_KEYS | {"HTTP_HOST", "HTTP_X_AUTH"}
-    assert not set(environ) & (set(os.environ) - CGI_KEYS)  # no variable of this process, by name...
+    assert not set(environ) & (
+        set(os.environ) - CGI_KEYS
+    )  # no variable of this process, by name...
     assert not any("process-env" in str(value) for value in environ.values())  # ...nor by value
     port = str(live.address[1])
     assert {key: environ[key] for key in CGI_KEYS} == {
-        "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/healthz", "QUERY_STRING": "a=1",
-        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": port, "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1",
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": "/healthz",
+        "QUERY_STRING": "a=1",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": port,
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
     }
     assert (environ["HTTP_HOST"], environ["HTTP_X_AUTH"]) == ("test", "good")
     assert (environ["wsgi.version"], environ["wsgi.url_scheme"]) == ((1, 0), "http")
-    assert (environ["wsgi.multithread"], environ["wsgi.multiprocess"], environ["wsgi.run_once"]) == (True, False, False)
+    assert (
+        environ["wsgi.multithread"],
+        environ["wsgi.multiprocess"],
+        environ["wsgi.run_once"],
+    ) == (True, False, False)
 
 
 def test_underscore_header_does_not_pass_for_its_dash_twin(live):
@@ -595,15 +725,27 @@ def test_underscore_content_length_is_ignored(live):
         response, rest = read_response(sock)
         assert response.status == 200 and identity_of(response) == "bob"
         # Content_Length alone frames nothing: the app sees no length at all.
-        sock.sendall(build("POST", "/token", [HOST, ("Content-Type", "application/json"), ("Content_Length", "2")]))
+        sock.sendall(
+            build(
+                "POST",
+                "/token",
+                [HOST, ("Content-Type", "application/json"), ("Content_Length", "2")],
+            )
+        )
         response, rest = read_response(sock, rest)
-        assert (response.status, response.json()) == (411, {"errorMessage": "Content-Length is required"})
+        assert (response.status, response.json()) == (
+            411,
+            {"errorMessage": "Content-Length is required"},
+        )
         # Nor does Content_Type stand in for Content-Type.
         body = token_body()
         headers = [HOST, ("Content_Type", "application/json"), ("Content-Length", str(len(body)))]
         sock.sendall(build("POST", "/token", headers, body))
         response, rest = read_response(sock, rest)
-        assert (response.status, response.json()) == (415, {"errorMessage": "Content-Type must be application/json"})
+        assert (response.status, response.json()) == (
+            415,
+            {"errorMessage": "Content-Type must be application/json"},
+        )
 
 
 # --------------------------------------------------------------------------
@@ -611,7 +753,9 @@ def test_underscore_content_length_is_ignored(live):
 
 
 def test_body_shorter_than_content_length_times_out_with_408(live):
-    head = build("POST", "/token", [HOST, ("Content-Type", "application/json"), ("Content-Length", "100")])
+    head = build(
+        "POST", "/token", [HOST, ("Content-Type", "application/json"), ("Content-Length", "100")]
+    )
     with live.connect() as sock:
         started = time.monotonic()
         sock.sendall(head + b'{"roomName"')
@@ -625,7 +769,11 @@ def test_body_shorter_than_content_length_times_out_with_408(live):
 
 def test_oversized_body_gets_413_while_the_client_still_sends(live):
     body = b"x" * (200 * 1024)
-    head = build("POST", "/token", [HOST, ("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    head = build(
+        "POST",
+        "/token",
+        [HOST, ("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+    )
     errors: list = []
     with live.connect() as sock:
         sock.sendall(head)
@@ -643,7 +791,9 @@ def test_oversized_body_gets_413_while_the_client_still_sends(live):
         assert not sender.is_alive()
         assert errors == []  # the server swallowed the body rather than resetting
         assert response.status == 413
-        assert response.json() == {"errorMessage": f"Request body must be at most {server.MAX_TOKEN_BODY_BYTES} bytes"}
+        assert response.json() == {
+            "errorMessage": f"Request body must be at most {server.MAX_TOKEN_BODY_BYTES} bytes"
+        }
         assert response.values("connection") == ["close"]
         sock.shutdown(socket.SHUT_WR)
         expect_closed(sock, rest)
@@ -677,7 +827,12 @@ def test_expect_100_continue_gets_an_interim_answer(live):
     head = build(
         "POST",
         "/token",
-        [HOST, ("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Expect", "100-continue")],
+        [
+            HOST,
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Expect", "100-continue"),
+        ],
     )
     continue_line = b"HTTP/1.1 100 Continue\r\n\r\n"
     with live.connect() as sock:
@@ -695,12 +850,19 @@ def test_expect_100_continue_gets_an_interim_answer(live):
 
 def test_expect_100_continue_is_not_sent_when_the_app_answers_unread(live):
     # A 413 decided from Content-Length alone: the client must not be invited to send 20 KiB.
-    head = build("POST", "/token", [HOST, JSON, ("Content-Length", "20000"), ("Expect", "100-continue")])
+    head = build(
+        "POST", "/token", [HOST, JSON, ("Content-Length", "20000"), ("Expect", "100-continue")]
+    )
     with live.connect() as sock:
         sock.sendall(head)
-        response, rest = read_response(sock)  # the first bytes are the answer, no interim one before it
+        response, rest = read_response(
+            sock
+        )  # the first bytes are the answer, no interim one before it
         assert response.raw.startswith(b"HTTP/1.1 413 ")
-        assert response.error == (413, f"Request body must be at most {server.MAX_TOKEN_BODY_BYTES} bytes")
+        assert response.error == (
+            413,
+            f"Request body must be at most {server.MAX_TOKEN_BODY_BYTES} bytes",
+        )
         assert response.values("connection") == ["close"]  # the body was never read
         expect_closed(sock, rest)
 
@@ -746,7 +908,9 @@ def test_stray_crlf_after_a_body_leaves_the_connection_idle(live):
         assert rest + read_eof(sock) == b""  # closed after idle_timeout, no answer to nothing
 
 
-def _trickle(sock: socket.socket, prefix: bytes, byte: bytes, every: float = 0.2, limit: float = 4.0) -> tuple:
+def _trickle(
+    sock: socket.socket, prefix: bytes, byte: bytes, every: float = 0.2, limit: float = 4.0
+) -> tuple:
     """Send prefix, then one byte every `every` s until the server answers or closes: (data, seconds)."""
     started = time.monotonic()
     sock.sendall(prefix)
@@ -779,7 +943,9 @@ def test_slowloris_head_gets_408_at_the_request_deadline(live):
 
 
 def test_slowloris_body_gets_408_at_the_request_deadline(live):
-    head = build("POST", "/token", [HOST, ("Content-Type", "application/json"), ("Content-Length", "1000")])
+    head = build(
+        "POST", "/token", [HOST, ("Content-Type", "application/json"), ("Content-Length", "1000")]
+    )
     with live.connect() as sock:
         data, elapsed = _trickle(sock, head, b" ")
         assert 0.8 <= elapsed <= 1.0 + 0.8, elapsed
@@ -850,7 +1016,9 @@ def fill_with_kept_alive_connections(live: Running, count: int) -> list:
         sock.sendall(HEALTHZ)
         response, rest = read_response(sock)
         assert response.status == 200 and response.values("connection") == [] and rest == b""
-        assert wait_for(lambda: live.idle_connections() == number)  # its thread waits for the next request
+        assert wait_for(
+            lambda: live.idle_connections() == number
+        )  # its thread waits for the next request
     return idle
 
 
@@ -882,7 +1050,9 @@ def test_when_full_a_connection_just_answered_keeps_its_place(start_server):
     try:
         with live.connect() as new:
             new.sendall(token_request("new"))
-            assert time.monotonic() - answered < server.MAKE_ROOM_AFTER / 2  # else this test proves nothing
+            assert (
+                time.monotonic() - answered < server.MAKE_ROOM_AFTER / 2
+            )  # else this test proves nothing
             assert read_response(new)[0].error == BUSY
         kept.sendall(token_request("kept"))
         response, _ = read_response(kept)
@@ -1033,7 +1203,9 @@ def test_when_full_a_connection_just_opened_keeps_its_place(start_server):
         opened = time.monotonic()
         with live.connect() as new:
             new.sendall(token_request("new"))
-            assert time.monotonic() - opened < server.MAKE_ROOM_AFTER / 2  # else this test proves nothing
+            assert (
+                time.monotonic() - opened < server.MAKE_ROOM_AFTER / 2
+            )  # else this test proves nothing
             assert read_response(new)[0].error == BUSY
         young.sendall(token_request("young"))
         response, _ = read_response(young)
@@ -1249,7 +1421,10 @@ def test_app_exception_is_a_generic_500_and_keeps_the_connection(live, caplog):
     with live.connect() as sock:
         sock.sendall(HEALTHZ)
         response, rest = read_response(sock)
-        assert (response.status, response.json()) == (500, {"errorMessage": "Internal server error"})
+        assert (response.status, response.json()) == (
+            500,
+            {"errorMessage": "Internal server error"},
+        )
         assert response.values("connection") == []
         sock.sendall(token_request())
         response, rest = read_response(sock, rest)
@@ -1266,7 +1441,10 @@ def test_app_raising_an_oserror_of_its_own_gets_a_500(live, caplog):
         sock.sendall(HEALTHZ)
         sock.settimeout(TIMEOUT)
         response, _ = read_response(sock)
-        assert (response.status, response.json()) == (500, {"errorMessage": "Internal server error"})
+        assert (response.status, response.json()) == (
+            500,
+            {"errorMessage": "Internal server error"},
+        )
     assert logged(caplog, "application error") == [{"error": "FileNotFoundError"}]
 
 
@@ -1278,12 +1456,17 @@ def test_app_that_never_starts_a_response_gets_a_500(live, caplog):
     with live.connect() as sock:
         sock.sendall(HEALTHZ)
         response, rest = read_response(sock)
-        assert (response.status, response.json()) == (500, {"errorMessage": "Internal server error"})
+        assert (response.status, response.json()) == (
+            500,
+            {"errorMessage": "Internal server error"},
+        )
         assert b"forgot" not in response.raw
     assert logged(caplog, "application error") == [{"error": "ValueError"}]
 
 
-def test_an_error_while_answering_loses_that_connection_not_the_server(live, caplog, thread_crashes):
+def test_an_error_while_answering_loses_that_connection_not_the_server(
+    live, caplog, thread_crashes
+):
     # Here the access line fails (a logging filter raising): the answer is out
     # already; that connection is closed, the error logged by its type alone,
     # and the server goes on serving.
@@ -1379,9 +1562,17 @@ NETWORK = ipaddress.ip_network
     "trusted, forwarded_for, client",
     [
         pytest.param((NETWORK("127.0.0.0/8"),), "203.0.113.7", "203.0.113.7", id="trusted-peer"),
-        pytest.param((NETWORK("127.0.0.1/32"),), "198.51.100.1, 203.0.113.7", "203.0.113.7", id="rightmost-hop"),
         pytest.param(
-            (NETWORK("127.0.0.0/8"), NETWORK("10.0.0.0/8")), "203.0.113.7, 10.1.2.3", "203.0.113.7", id="two-proxies"
+            (NETWORK("127.0.0.1/32"),),
+            "198.51.100.1, 203.0.113.7",
+            "203.0.113.7",
+            id="rightmost-hop",
+        ),
+        pytest.param(
+            (NETWORK("127.0.0.0/8"), NETWORK("10.0.0.0/8")),
+            "203.0.113.7, 10.1.2.3",
+            "203.0.113.7",
+            id="two-proxies",
         ),
         pytest.param((NETWORK("127.0.0.0/8"),), None, "127.0.0.1", id="trusted-peer-no-header"),
         pytest.param((NETWORK("10.0.0.0/8"),), "203.0.113.7", "127.0.0.1", id="untrusted-peer"),
@@ -1423,8 +1614,12 @@ def test_the_runner_passes_wsgirefs_validator(start_server):
     # wsgiref.validate checks the environ, wsgi.input and wsgi.errors, start_response and
     # that the server closes the result; a failed check is an AssertionError, so a 500.
     def app(environ, start_response):
-        body = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))  # the validator wants a size
-        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        body = environ["wsgi.input"].read(
+            int(environ["CONTENT_LENGTH"])
+        )  # the validator wants a size
+        start_response(
+            "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+        )
         return [body]
 
     live = start_server(app=wsgiref.validate.validator(app))
@@ -1442,7 +1637,9 @@ def test_any_wsgi_app_keeps_the_connection_alive(start_server):
         rest = b""
         for _ in range(2):
             sock.sendall(build("GET", "/", [HOST]))
-            response, rest = read_response(sock, rest)  # needs the Content-Length to know where it ends
+            response, rest = read_response(
+                sock, rest
+            )  # needs the Content-Length to know where it ends
             assert (response.status, response.body) == (200, HELLO_BODY)
             assert response.values("content-length") == [str(len(HELLO_BODY))]
             assert response.values("connection") == []
@@ -1450,7 +1647,9 @@ def test_any_wsgi_app_keeps_the_connection_alive(start_server):
 
 def test_any_wsgi_apps_answer_to_head_has_no_body(start_server):
     def app(environ, start_response):
-        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(HELLO_BODY)))])
+        start_response(
+            "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(HELLO_BODY)))]
+        )
         return [HELLO_BODY]
 
     live = start_server(app=app)
@@ -1467,7 +1666,11 @@ def test_any_wsgi_apps_answer_to_head_has_no_body(start_server):
 
 
 def _env(**values: str) -> dict:
-    env = {"PATH": os.environ.get("PATH", os.defpath), "SERVER_HOST": "127.0.0.1", "SERVER_PORT": "0"}
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "SERVER_HOST": "127.0.0.1",
+        "SERVER_PORT": "0",
+    }
     env.update(values)
     return env
 
@@ -1497,7 +1700,8 @@ def _check_process_log(text: str) -> None:
 
 def _access_line(stderr: str, client: str, method: str, path: str, status: int) -> bool:
     return any(
-        ACCESS_LINE.fullmatch(line) and ACCESS_LINE.fullmatch(line).groups() == (client, method, path, str(status))
+        ACCESS_LINE.fullmatch(line)
+        and ACCESS_LINE.fullmatch(line).groups() == (client, method, path, str(status))
         for line in stderr.splitlines()
     )
 
@@ -1506,7 +1710,10 @@ def test_main_dev_mode_warns_serves_and_drains_on_sigterm():
     process = ServerProcess(_env())
     try:
         port = process.port()
-        assert 'level=WARNING msg="DEVELOPMENT MODE: no LIVEKIT_API_KEY and LIVEKIT_API_SECRET' in process.stderr
+        assert (
+            "level=WARNING msg=\"DEVELOPMENT MODE: tokens are signed with LiveKit's public development key"
+            in process.stderr
+        )
         idle = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
         with idle, socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
             idle.sendall(HEALTHZ)
@@ -1521,7 +1728,11 @@ def test_main_dev_mode_warns_serves_and_drains_on_sigterm():
             expect_closed(idle, idle_rest)
     finally:
         process.kill()
-    assert re.search(r'level=INFO msg="stopping: finishing requests in flight" signal=SIGTERM$', process.stderr, re.M)
+    assert re.search(
+        r'level=INFO msg="stopping: finishing requests in flight" signal=SIGTERM$',
+        process.stderr,
+        re.M,
+    )
     assert process.stderr.endswith(" level=INFO msg=stopped\n")
     assert _access_line(process.stderr, "127.0.0.1", "POST", "/token", 200)
     _check_process_log(process.stderr)
@@ -1529,14 +1740,19 @@ def test_main_dev_mode_warns_serves_and_drains_on_sigterm():
 
 def test_main_with_credentials_signs_with_them_and_keeps_the_secret_out_of_stderr():
     # SERVER_TRUSTED_PROXIES: the access line names the client the proxy (here, the test) forwards for.
-    process = ServerProcess(_env(LIVEKIT_API_KEY=KEY, LIVEKIT_API_SECRET=SECRET, SERVER_TRUSTED_PROXIES="127.0.0.1"))
+    process = ServerProcess(
+        _env(LIVEKIT_API_KEY=KEY, LIVEKIT_API_SECRET=SECRET, SERVER_TRUSTED_PROXIES="127.0.0.1")
+    )
     try:
         port = process.port()
         with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
             sock.sendall(token_request("carol", extra=[("X-Forwarded-For", "203.0.113.7")]))
             response, _ = read_response(sock)
         assert response.status == 200
-        assert livekit_auth.TokenVerifier(KEY, SECRET).verify(response.json()["token"]).identity == "carol"
+        assert (
+            livekit_auth.TokenVerifier(KEY, SECRET).verify(response.json()["token"]).identity
+            == "carol"
+        )
         assert wait_for(lambda: _access_line(process.stderr, "203.0.113.7", "POST", "/token", 200))
         code, seconds = process.stop()
         assert code == 0 and seconds < 2.0
@@ -1546,13 +1762,19 @@ def test_main_with_credentials_signs_with_them_and_keeps_the_secret_out_of_stder
     _check_process_log(process.stderr)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "signum", [signal.SIGHUP, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name
+)
 def test_main_drains_on_a_signal_answering_the_request_in_flight(signum):
     process = ServerProcess(_env(LIVEKIT_API_KEY=KEY, LIVEKIT_API_SECRET=SECRET))
     try:
         port = process.port()
         body = token_body("in-flight")
-        head = build("POST", "/token", [HOST, JSON, ("Content-Length", str(len(body))), ("Expect", "100-continue")])
+        head = build(
+            "POST",
+            "/token",
+            [HOST, JSON, ("Content-Length", str(len(body))), ("Expect", "100-continue")],
+        )
         with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
             sock.sendall(head)
             # The interim answer goes out as the app starts reading the body: the request is in flight.
@@ -1564,7 +1786,10 @@ def test_main_drains_on_a_signal_answering_the_request_in_flight(signum):
             sock.sendall(body[10:])  # the rest of the body, after the signal
             response, rest = read_response(sock)
             assert response.status == 200 and response.values("connection") == ["close"]
-            assert livekit_auth.TokenVerifier(KEY, SECRET).verify(response.json()["token"]).identity == "in-flight"
+            assert (
+                livekit_auth.TokenVerifier(KEY, SECRET).verify(response.json()["token"]).identity
+                == "in-flight"
+            )
             expect_closed(sock, rest)
         assert process.proc.wait(TIMEOUT) == 0
         process.reader.join(TIMEOUT)
@@ -1581,11 +1806,15 @@ def test_main_second_signal_ends_the_process_at_once():
     process = ServerProcess(_env(LIVEKIT_API_KEY=KEY, LIVEKIT_API_SECRET=SECRET))
     try:
         port = process.port()
-        head = build("POST", "/token", [HOST, JSON, ("Content-Length", "100"), ("Expect", "100-continue")])
+        head = build(
+            "POST", "/token", [HOST, JSON, ("Content-Length", "100"), ("Expect", "100-continue")]
+        )
         with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
             sock.sendall(head)
             assert recv_before(sock, time.monotonic() + TIMEOUT) == b"HTTP/1.1 100 Continue\r\n\r\n"
-            process.proc.send_signal(signal.SIGTERM)  # the drain waits for this request, up to 10 s...
+            process.proc.send_signal(
+                signal.SIGTERM
+            )  # the drain waits for this request, up to 10 s...
             assert wait_for(lambda: "signal=SIGTERM" in process.stderr)
             started = time.monotonic()
             process.proc.send_signal(signal.SIGTERM)  # ...unless told again
@@ -1602,8 +1831,14 @@ def test_main_second_signal_ends_the_process_at_once():
         pytest.param({"LIVEKIT_API_SECRET": SECRET}, "LIVEKIT_API_KEY", id="secret-without-key"),
         pytest.param({"SERVER_PORT": "+80"}, "SERVER_PORT", id="port-plus"),
         pytest.param({"SERVER_PORT": "70000"}, "SERVER_PORT", id="port-out-of-range"),
-        pytest.param({"SERVER_MAX_CONNECTIONS": "0"}, "SERVER_MAX_CONNECTIONS", id="no-connections"),
-        pytest.param({"SERVER_TRUSTED_PROXIES": "proxy.local"}, "SERVER_TRUSTED_PROXIES", id="proxy-not-an-ip"),
+        pytest.param(
+            {"SERVER_MAX_CONNECTIONS": "0"}, "SERVER_MAX_CONNECTIONS", id="no-connections"
+        ),
+        pytest.param(
+            {"SERVER_TRUSTED_PROXIES": "proxy.local"},
+            "SERVER_TRUSTED_PROXIES",
+            id="proxy-not-an-ip",
+        ),
     ],
 )
 def test_main_configuration_error_exits_2_naming_the_setting(env, named):
@@ -1617,7 +1852,9 @@ def test_main_configuration_error_exits_2_naming_the_setting(env, named):
     )
     stderr = result.stderr.decode("utf-8", "replace")
     assert result.returncode == 2, stderr
-    assert re.search(rf'level=ERROR msg="configuration error" error="[^"\n]*\b{named}\b[^"\n]*"$', stderr, re.M), stderr
+    assert re.search(
+        rf'level=ERROR msg="configuration error" error="[^"\n]*\b{named}\b[^"\n]*"$', stderr, re.M
+    ), stderr
     assert "msg=listening" not in stderr
     _check_process_log(stderr)
 
@@ -1635,7 +1872,11 @@ def test_main_port_in_use_exits_1():
         )
     stderr = result.stderr.decode("utf-8", "replace")
     assert result.returncode == 1, stderr
-    assert re.search(rf'level=ERROR msg="cannot listen" port={port} error="Address already in use"$', stderr, re.M)
+    assert re.search(
+        rf'level=ERROR msg="cannot listen" port={port} error="Address already in use"$',
+        stderr,
+        re.M,
+    )
     assert "msg=listening" not in stderr
     _check_process_log(stderr)
 
@@ -1656,23 +1897,36 @@ def test_main_with_an_unusable_host_exits_2_naming_it(host):
 # so coverage (README, "Tests") cannot measure it.
 
 
-@pytest.mark.parametrize("host", ["bad host!", "[::1]", "192.0.2.1"], ids=["not-a-name", "bracketed", "test-net"])
+@pytest.mark.parametrize(
+    "host", ["bad host!", "[::1]", "192.0.2.1"], ids=["not-a-name", "bracketed", "test-net"]
+)
 def test_make_server_with_a_host_not_of_this_machine_is_a_settings_error(host):
     settings = server.Settings(api_key=KEY, api_secret=SECRET, host=host, port=0)
-    with pytest.raises(server.SettingsError, match=r"^server\.host \(SERVER_HOST\) is not an address of this machine$"):
+    with pytest.raises(
+        server.SettingsError,
+        match=r"^server\.host \(SERVER_HOST\) is not an address of this machine$",
+    ):
         server.make_server(hello_world, settings)
 
 
 def test_main_port_in_use_returns_1(monkeypatch, capsys):
-    monkeypatch.setattr(server.log, "handlers", [])  # configure_logging() then writes to the captured stderr
+    monkeypatch.setattr(
+        server.log, "handlers", []
+    )  # configure_logging() then writes to the captured stderr
     monkeypatch.setattr(server.log, "level", logging.NOTSET)
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        for name, value in _env(SERVER_PORT=str(port), LIVEKIT_API_KEY=KEY, LIVEKIT_API_SECRET=SECRET).items():
+        for name, value in _env(
+            SERVER_PORT=str(port), LIVEKIT_API_KEY=KEY, LIVEKIT_API_SECRET=SECRET
+        ).items():
             monkeypatch.setenv(name, value)
         assert server.main([]) == 1
     stderr = capsys.readouterr().err
-    assert re.search(rf'level=ERROR msg="cannot listen" port={port} error="Address already in use"$', stderr, re.M)
+    assert re.search(
+        rf'level=ERROR msg="cannot listen" port={port} error="Address already in use"$',
+        stderr,
+        re.M,
+    )
     assert "msg=listening" not in stderr
 
 
@@ -1682,7 +1936,7 @@ def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"Hello, world!\\n"]
 server.configure_logging()
-server.serve(app, server.Settings(api_key="k", api_secret="s", host="127.0.0.1", port=0, idle_timeout=1))
+server.serve(app, server.Settings(api_key="k", api_secret="a-runner-test-secret-of-32-chars-or-more", host="127.0.0.1", port=0, idle_timeout=1))
 """
 
 
@@ -1708,7 +1962,7 @@ import json, sys; sys.path.insert(0, sys.argv[1])
 runner = ("socketserver", "http.server")
 import server
 before = [name for name in runner if name in sys.modules]
-settings = server.Settings(api_key="k", api_secret="s", host="127.0.0.1", port=0)
+settings = server.Settings(api_key="k", api_secret="a-runner-test-secret-of-32-chars-or-more", host="127.0.0.1", port=0)
 server.make_server(lambda environ, start_response: [], settings).server_close()
 print(json.dumps([before, [name for name in runner if name in sys.modules]]))
 """
@@ -1724,3 +1978,381 @@ def test_import_server_loads_neither_socketserver_nor_http_server():
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [[], ["socketserver", "http.server"]]
+
+
+# --------------------------------------------------------------------------
+# Routing as sent, the access line's facts, serve() from any thread, the log writer
+
+
+def request_lines(caplog) -> list:
+    return [record.fields for record in log_records(caplog) if record.getMessage() == "request"]
+
+
+@pytest.mark.parametrize("path", ["//token", "///token", "//healthz"])
+def test_a_path_is_routed_as_sent(live, caplog, path):
+    # http.server's parse_request would make "//token" "/token": a proxy rule keyed on the
+    # raw path could then be bypassed.
+    with live.connect() as sock:
+        sock.sendall(
+            build("POST", path, [HOST, ("Content-Type", "application/json")], token_body())
+        )
+        response, _ = read_response(sock)
+    assert (response.status, response.json()) == (404, {"errorMessage": "Not found"})
+    assert wait_for(lambda: any(fields["path"] == path for fields in request_lines(caplog)))
+
+
+def test_the_access_line_says_who_got_a_token_and_why_a_request_was_refused(live, caplog):
+    with live.connect() as sock:
+        sock.sendall(token_request("alice", "room-7"))
+        response, rest = read_response(sock)
+        assert response.status == 200
+        sock.sendall(build("POST", "/webhook", [HOST, ("Authorization", "not-a-token")], b"{}"))
+        response, _ = read_response(sock, rest)
+        assert response.status == 401
+    assert wait_for(lambda: len(request_lines(caplog)) == 2)
+    token_line, webhook_line = request_lines(caplog)
+    assert {key: token_line[key] for key in ("path", "status", "room", "identity")} == {
+        "path": "/token",
+        "status": 200,
+        "room": "room-7",
+        "identity": "alice",
+    }
+    assert {key: webhook_line[key] for key in ("path", "status", "reason")} == {
+        "path": "/webhook",
+        "status": 401,
+        "reason": "token must have three dot-separated segments",
+    }
+    assert "room" not in webhook_line
+
+
+def test_the_runner_s_own_refusal_gives_its_reason_in_the_access_line(live, caplog):
+    with live.connect() as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nHost: u\r\n\r\n")
+        response, _ = read_response(sock)
+    assert response.status == 400
+    assert wait_for(lambda: request_lines(caplog))
+    assert request_lines(caplog)[0]["reason"] == "Repeated header field"
+
+
+def test_access_log_off_writes_no_request_line_and_still_warns(start_server, caplog):
+    running = start_server(access_log=False, allowed_origins=frozenset(["*"]))
+    with running.connect() as sock:
+        sock.sendall(token_request())
+        response, _ = read_response(sock)
+        assert response.status == 200
+    running.drain_and_join(grace=2)
+    messages = [record.getMessage() for record in log_records(caplog)]
+    assert "request" not in messages
+    assert messages[-1] == "stopped"
+
+
+def run_serve_in_thread(settings: server.Settings, stop: threading.Event) -> threading.Thread:
+    thread = threading.Thread(
+        target=server.serve,
+        args=(server.make_app(settings), settings),
+        kwargs={"grace": 2, "stop": stop},
+        daemon=True,
+    )
+    thread.start()
+    return thread
+
+
+def listening_port(caplog) -> int:
+    assert wait_for(lambda: any(r.getMessage() == "listening" for r in log_records(caplog)))
+    return next(r.fields["port"] for r in log_records(caplog) if r.getMessage() == "listening")
+
+
+def test_serve_from_another_thread_serves_until_its_stop_event_is_set(caplog):
+    before = signal.getsignal(signal.SIGTERM)
+    stop = threading.Event()
+    settings = server.Settings(api_key=KEY, api_secret=SECRET, host="127.0.0.1", port=0)
+    thread = run_serve_in_thread(settings, stop)
+    port = listening_port(caplog)
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(HEALTHZ)
+        response, _ = read_response(sock)
+        assert response.status == 200
+    # Signals reach only the main thread: serve() from another one installs no handler.
+    assert signal.getsignal(signal.SIGTERM) is before
+    stop.set()
+    thread.join(TIMEOUT)
+    assert not thread.is_alive()
+    messages = [r.getMessage() for r in log_records(caplog)]
+    assert "stopping: finishing requests in flight" in messages and messages[-1] == "stopped"
+
+
+def test_serve_without_credentials_says_development_mode_and_listens_on_loopback(caplog):
+    stop = threading.Event()
+    settings = server.Settings(api_key="devkey", api_secret="secret", port=0)
+    thread = run_serve_in_thread(settings, stop)
+    listening_port(caplog)
+    stop.set()
+    thread.join(TIMEOUT)
+    listening = next(r for r in log_records(caplog) if r.getMessage() == "listening")
+    assert listening.fields["host"] == "127.0.0.1"
+    warnings = [r.getMessage() for r in log_records(caplog) if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("DEVELOPMENT MODE: ")
+    assert "Listening on loopback only" in warnings[0]
+
+
+class BlockedStream:
+    """A log stream whose writes wait until released: a pipe nobody reads."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.text = ""
+
+    def write(self, text: str) -> None:
+        self.released.wait(TIMEOUT)
+        self.text += text
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_blocked_log_stream_holds_up_no_request_and_dropped_lines_are_counted(
+    monkeypatch, caplog
+):
+    monkeypatch.setattr(server, "MAX_QUEUED_RECORDS", 20)
+    stream = BlockedStream()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(server.LogfmtFormatter())
+    monkeypatch.setattr(server.log, "handlers", [handler])
+    stop = threading.Event()
+    settings = server.Settings(
+        api_key=KEY, api_secret=SECRET, host="127.0.0.1", port=0, max_connections=4
+    )
+    thread = run_serve_in_thread(settings, stop)
+    # caplog reads the records from the root logger, as they are made: not through the queue.
+    port = listening_port(caplog)
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        rest = b""
+        for _ in range(100):
+            sock.sendall(HEALTHZ)
+            response, rest = read_response(sock, rest)
+            assert response.status == 200
+    stream.released.set()
+    stop.set()
+    thread.join(TIMEOUT)
+    assert not thread.is_alive()
+    lines = stream.text.splitlines()
+    # One line each time writing resumes, with how many were dropped since the last.
+    dropped = [line for line in lines if 'msg="log lines dropped"' in line]
+    count = sum(int(re.search(r"dropped=([0-9]+)$", line)[1]) for line in dropped)
+    written = [line for line in lines if line not in dropped]
+    # Every record is written or counted: the listening line, 100 requests, and the drain's two.
+    assert count > 0 and count + len(written) == 1 + 100 + 2, (count, lines)
+    assert lines[0].endswith(f"msg=listening host=127.0.0.1 port={port}")
+    assert server.log.handlers == [handler] and handler.stream is stream
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def connect_when_listening(port: int) -> socket.socket:
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        except ConnectionRefusedError:
+            assert time.monotonic() < deadline, "the server did not listen in time"
+            time.sleep(0.02)
+
+
+def test_standard_error_on_a_pipe_nobody_reads_holds_up_no_request():
+    # Each log write used to block the thread that made it: about 590 answers, then none.
+    port = free_port()
+    read_end, write_end = os.pipe()
+    env = _env(LIVEKIT_API_KEY=KEY, LIVEKIT_API_SECRET=SECRET, SERVER_PORT=str(port))
+    proc = subprocess.Popen(
+        [sys.executable, "-E", "-S", "server.py"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=write_end,
+    )
+    os.close(write_end)
+    try:
+        with connect_when_listening(port) as sock:
+            rest = b""
+            for _ in range(2000):
+                sock.sendall(HEALTHZ)
+                response, rest = read_response(sock, rest)
+                assert response.status == 200
+        proc.send_signal(signal.SIGTERM)
+        chunks = []
+        while chunk := os.read(read_end, 65536):
+            chunks.append(chunk)
+        assert proc.wait(TIMEOUT) == 0
+    finally:
+        proc.kill()
+        os.close(read_end)
+    lines = b"".join(chunks).decode().splitlines()
+    # Nothing lost: the queue held what the pipe could not take yet.
+    assert sum(" msg=request " in line for line in lines) == 2000
+    assert lines[-1].endswith("level=INFO msg=stopped")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(
+    not hasattr(__import__("resource"), "prlimit"), reason="needs resource.prlimit (Linux)"
+)
+def test_out_of_file_descriptors_the_acceptor_waits_instead_of_spinning():
+    import resource
+
+    process = ServerProcess(
+        _env(LIVEKIT_API_KEY=KEY, LIVEKIT_API_SECRET=SECRET, SERVER_IDLE_TIMEOUT="30")
+    )
+    silent: list = []
+    try:
+        port = process.port()
+        resource.prlimit(process.proc.pid, resource.RLIMIT_NOFILE, (40, 40))
+        for _ in range(70):
+            silent.append(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT))
+        assert wait_for(lambda: "out of file descriptors" in process.stderr)
+        before = cpu_seconds(process.proc.pid)
+        time.sleep(2)
+        used = cpu_seconds(process.proc.pid) - before
+        # Spinning on accept() took a whole core: 2 s of CPU in these 2 s.
+        assert used < 0.5, used
+        assert process.stderr.count("out of file descriptors") == 1, process.stderr
+        for sock in silent:
+            sock.close()
+        silent.clear()
+        # It recovers by itself once descriptors free up.
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+            sock.sendall(HEALTHZ)
+            response, _ = read_response(sock)
+            assert response.status == 200
+        assert process.stop()[0] == 0
+    finally:
+        for sock in silent:
+            sock.close()
+        process.kill()
+    assert (
+        'level=WARNING msg="out of file descriptors: new connections wait until some close"'
+        in process.stderr
+    )
+
+
+class ShortOfDescriptors:
+    """A listening socket whose accept() fails `failures` times with `error` (EMFILE: out of descriptors)."""
+
+    def __init__(self, sock: socket.socket, failures: int, error: int = errno.EMFILE) -> None:
+        self.sock = sock
+        self.failures = failures
+        self.error = error
+        self.tries = 0
+
+    def accept(self):
+        self.tries += 1
+        if self.tries <= self.failures:
+            raise OSError(self.error, os.strerror(self.error))
+        return self.sock.accept()
+
+    def __getattr__(self, name: str):
+        return getattr(self.sock, name)
+
+
+def test_out_of_descriptors_the_acceptor_waits_between_tries_and_says_so_once(live, caplog):
+    short = ShortOfDescriptors(live.server.socket, failures=3)
+    live.server.socket = short
+    started = time.monotonic()
+    with live.connect() as sock:
+        sock.sendall(HEALTHZ)
+        response, _ = read_response(sock)
+    assert response.status == 200
+    # Three failed tries, each followed by a wait for a connection to end, or 0.1 s.
+    assert short.tries == 4 and time.monotonic() - started >= 3 * server.MAKE_ROOM_AFTER
+    warnings = [r.getMessage() for r in log_records(caplog) if r.levelno == logging.WARNING]
+    assert warnings == ["out of file descriptors: new connections wait until some close"]
+
+
+def test_serve_leaves_logging_alone_when_the_logger_has_no_handler_of_its_own(monkeypatch, caplog):
+    monkeypatch.setattr(server.log, "handlers", [])
+    stop = threading.Event()
+    settings = server.Settings(api_key=KEY, api_secret=SECRET, host="127.0.0.1", port=0)
+    thread = run_serve_in_thread(settings, stop)
+    listening_port(caplog)
+    assert server.log.handlers == []
+    stop.set()
+    thread.join(TIMEOUT)
+    assert not thread.is_alive()
+
+
+def test_a_handler_other_than_a_plain_stream_gets_each_record_on_the_log_writer(
+    monkeypatch, tmp_path, caplog
+):
+    path = tmp_path / "server.log"
+    handler = logging.FileHandler(path)
+    handler.setFormatter(server.LogfmtFormatter())
+    monkeypatch.setattr(server.log, "handlers", [handler])
+    stop = threading.Event()
+    settings = server.Settings(api_key=KEY, api_secret=SECRET, host="127.0.0.1", port=0)
+    thread = run_serve_in_thread(settings, stop)
+    port = listening_port(caplog)
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(HEALTHZ)
+        assert read_response(sock)[0].status == 200
+    stop.set()
+    thread.join(TIMEOUT)
+    handler.close()
+    lines = path.read_text().splitlines()
+    assert lines[0].endswith(f"msg=listening host=127.0.0.1 port={port}")
+    assert any(" msg=request " in line and "path=/healthz status=200" in line for line in lines)
+    assert lines[-1].endswith("level=INFO msg=stopped")
+
+
+def test_a_log_stream_that_never_drains_does_not_keep_serve_from_returning(monkeypatch, caplog):
+    stream = BlockedStream()
+    handler = logging.StreamHandler(stream)
+    monkeypatch.setattr(server.log, "handlers", [handler])
+    stop = threading.Event()
+    settings = server.Settings(api_key=KEY, api_secret=SECRET, host="127.0.0.1", port=0)
+    thread = threading.Thread(
+        target=server.serve,
+        args=(server.make_app(settings), settings),
+        kwargs={"grace": 0.3, "stop": stop},
+        daemon=True,
+    )
+    thread.start()
+    listening_port(caplog)
+    stop.set()
+    # The drain's grace bounds the wait for the log writer too: serve() returns.
+    thread.join(TIMEOUT / 2)
+    assert not thread.is_alive()
+    stream.released.set()
+
+
+def test_another_accept_error_is_tried_again_at_once_without_a_warning(live, caplog):
+    # ECONNABORTED: a client gave up while queued. socketserver's own handling, untouched.
+    short = ShortOfDescriptors(live.server.socket, failures=1, error=errno.ECONNABORTED)
+    live.server.socket = short
+    with live.connect() as sock:
+        sock.sendall(HEALTHZ)
+        assert read_response(sock)[0].status == 200
+    assert short.tries == 2
+    assert not [r for r in log_records(caplog) if r.levelno >= logging.WARNING]
+
+
+def test_a_request_taken_off_the_socket_is_not_closed_to_make_room(start_server):
+    # The acceptor decides under connections_lock; the connection's thread must not take the
+    # request off the socket while the connection still counts as idle.
+    live = start_server(max_connections=1, idle_timeout=2.0, request_timeout=2.0)
+    with live.connect() as sock:
+        assert wait_for(lambda: live.idle_connections() == 1)
+        time.sleep(server.MAKE_ROOM_AFTER + 0.05)  # idle long enough to be closed for room
+        with live.server.connections_lock:
+            sock.sendall(HEALTHZ)
+            time.sleep(0.1)  # the connection's thread takes what it can before it needs the lock
+            closed = live.server.make_room()
+        response, _ = read_response(sock)
+    assert (closed, response.status) == (False, 200)

@@ -15,7 +15,13 @@ import pytest
 
 import server
 from server import (
-    DEV_API_KEY, DEV_API_SECRET, SETTING_NAMES, SETTING_SOURCES, Settings, SettingsError, check_startup, load_settings,
+    DEV_API_KEY,
+    DEV_API_SECRET,
+    SETTING_SOURCES,
+    Settings,
+    SettingsError,
+    check_startup,
+    load_settings,
     make_app,
 )
 from helpers import COVERAGE_ENV
@@ -69,7 +75,11 @@ allowed_origins = https://a.example https://b.example:8443
 def test_defaults_are_development_mode():
     settings = load_settings({})
     assert settings.dev_mode is True
-    assert (settings.api_key, settings.api_secret) == (DEV_API_KEY, DEV_API_SECRET) == ("devkey", "secret")
+    assert (
+        (settings.api_key, settings.api_secret)
+        == (DEV_API_KEY, DEV_API_SECRET)
+        == ("devkey", "secret")
+    )
     assert settings.livekit_url == "ws://localhost:7880"
     # Issue 12: on LiveKit's public dev key, only this machine can reach it unless SERVER_HOST says otherwise.
     assert (settings.host, settings.port) == ("127.0.0.1", 6080)
@@ -88,7 +98,9 @@ def test_key_and_secret_leave_development_mode():
     settings = load_settings(KEYS)
     assert settings.dev_mode is False
     assert (settings.api_key, settings.api_secret) == ("APIkey", SECRET)
-    assert settings.host == "0.0.0.0"  # the tutorials' and containers' default, once the keys are real
+    assert (
+        settings.host == "0.0.0.0"
+    )  # the tutorials' and containers' default, once the keys are real
 
 
 def test_environment_is_only_the_mapping_given(monkeypatch):
@@ -123,7 +135,9 @@ def test_every_setting_from_the_environment():
         host="::1",
         port=0,
         token_ttl=1,
-        client_fields=frozenset({"participant_name", "participant_metadata", "participant_attributes", "room_config"}),
+        client_fields=frozenset(
+            {"participant_name", "participant_metadata", "participant_attributes", "room_config"}
+        ),
         allowed_origins=frozenset({"https://app.example.com"}),
         max_connections=2,
         idle_timeout=0.5,
@@ -175,8 +189,9 @@ def test_config_keys_are_case_insensitive_and_values_stripped(config):
 
 def test_values_with_percent_signs_are_taken_literally(config):
     # No configparser interpolation: a secret may hold "%".
-    settings = load_settings({}, config("[livekit]\napi_key = APIk\napi_secret = 100%(x)s%%\n"))
-    assert settings.api_secret == "100%(x)s%%"
+    secret = "100%(x)s%%-and-more-to-make-32-characters"
+    settings = load_settings({}, config(f"[livekit]\napi_key = APIk\napi_secret = {secret}\n"))
+    assert settings.api_secret == secret
 
 
 def test_environment_values_are_stripped():
@@ -193,13 +208,19 @@ KEY_ROWS = [
     ({"LIVEKIT_API_KEY": "", "LIVEKIT_API_SECRET": SECRET}, "LIVEKIT_API_KEY", "empty-key"),
     ({"LIVEKIT_API_KEY": "APIkey", "LIVEKIT_API_SECRET": ""}, "LIVEKIT_API_SECRET", "empty-secret"),
     ({"LIVEKIT_API_KEY": "   ", "LIVEKIT_API_SECRET": SECRET}, "LIVEKIT_API_KEY", "blank-key"),
-    ({"LIVEKIT_API_KEY": "APIkey", "LIVEKIT_API_SECRET": " \t"}, "LIVEKIT_API_SECRET", "blank-secret"),
+    (
+        {"LIVEKIT_API_KEY": "APIkey", "LIVEKIT_API_SECRET": " \t"},
+        "LIVEKIT_API_SECRET",
+        "blank-secret",
+    ),
     ({"LIVEKIT_API_KEY": "", "LIVEKIT_API_SECRET": ""}, "LIVEKIT_API_KEY", "both-empty"),
     ({"LIVEKIT_API_KEY": ""}, "LIVEKIT_API_", "empty-key-alone"),
 ]
 
 
-@pytest.mark.parametrize("environ,name", [row[:2] for row in KEY_ROWS], ids=[row[2] for row in KEY_ROWS])
+@pytest.mark.parametrize(
+    "environ,name", [row[:2] for row in KEY_ROWS], ids=[row[2] for row in KEY_ROWS]
+)
 def test_incomplete_credentials_are_an_error_naming_the_setting(environ, name):
     with pytest.raises(SettingsError, match=name) as caught:
         load_settings(environ)
@@ -227,28 +248,61 @@ def test_incomplete_credentials_in_the_config_file(config, text, name):
 
 
 UNKNOWN_SETTING_ROWS = [
-    ("[server]\nprot = 1\n", 2, "server.prot", "key-typo"),
-    ("[sevrer]\nport = 1\n", 2, "sevrer.port", "section-typo"),
-    ("[Server]\nport = 1\n", 2, "Server.port", "section-case"),
-    ("[livekit]\napi_secrets = x\n", 2, "livekit.api_secrets", "plural"),
-    ("[tokens]\nclient_field = participant_name\n", 2, "tokens.client_field", "singular"),
-    ("# comment\n\n[server]\nport = 1\n\n[cors]\nallowed_origin = *\n", 7, "cors.allowed_origin", "cors-singular"),
+    ("[server]\nprot = 1\n", 2, "server.prot; did you mean server.port?", "key-typo"),
+    ("[sevrer]\nport = 1\n", 2, "sevrer.port; did you mean server.port?", "section-typo"),
+    ("[Server]\nport = 1\n", 2, "Server.port; did you mean server.port?", "section-case"),
+    (
+        "[livekit]\napi_secrets = x\n",
+        2,
+        "livekit.api_secrets; did you mean livekit.api_secret?",
+        "plural",
+    ),
+    (
+        "[tokens]\nclient_field = participant_name\n",
+        2,
+        "tokens.client_field; did you mean tokens.client_fields?",
+        "singular",
+    ),
+    (
+        "# comment\n\n[server]\nport = 1\n\n[cors]\nallowed_origin = *\n",
+        7,
+        "cors.allowed_origin; did you mean cors.allowed_origins?",
+        "cors-singular",
+    ),
     ("[livekit]\nLIVEKIT_API_KEY = k\n", 2, "livekit.livekit_api_key", "env-name-in-file"),
     ("[server]\nmetrics = true\n", 2, "server.metrics", "removed-metrics"),
     ("[server]\nlog_format = json\n", 2, "server.log_format", "removed-log-format"),
     ("[tokens]\nsafe_names = true\n", 2, "tokens.safe_names", "removed-safe-names"),
-    ("[tokens]\nttl = 60\nmax_name_length = 64\n", 3, "tokens.max_name_length", "removed-max-name-length"),
+    (
+        "[tokens]\nttl = 60\nmax_name_length = 64\n",
+        3,
+        "tokens.max_name_length",
+        "removed-max-name-length",
+    ),
     ("[tokens]\nhidden = true\n", 2, "tokens.hidden", "removed-hidden"),
-    ("[tokens]\ncan_update_own_metadata = true\n", 2, "tokens.can_update_own_metadata",
-     "removed-can-update-own-metadata"),
-    ("[webhook]\napi_keys = wk1:wk1-webhook-secret-0123456789\n", 2, "webhook.api_keys", "removed-webhook-api-keys"),
+    (
+        "[tokens]\ncan_update_own_metadata = true\n",
+        2,
+        "tokens.can_update_own_metadata",
+        "removed-can-update-own-metadata",
+    ),
+    (
+        "[webhook]\napi_keys = wk1:wk1-webhook-secret-0123456789\n",
+        2,
+        "webhook.api_keys",
+        "removed-webhook-api-keys",
+    ),
 ]
 
 
 @pytest.mark.parametrize(
-    "text,line,named", [row[:3] for row in UNKNOWN_SETTING_ROWS], ids=[row[3] for row in UNKNOWN_SETTING_ROWS]
+    "text,line,named",
+    [row[:3] for row in UNKNOWN_SETTING_ROWS],
+    ids=[row[3] for row in UNKNOWN_SETTING_ROWS],
 )
-def test_unknown_setting_in_the_config_file_is_an_error_naming_file_line_and_key(config, text, line, named):
+def test_unknown_setting_in_the_config_file_is_an_error_naming_file_line_and_key(
+    config, text, line, named
+):
     path = config(text)
     with pytest.raises(SettingsError) as caught:
         load_settings({}, path)
@@ -259,7 +313,10 @@ def test_unknown_setting_names_its_own_line_when_the_key_also_appears_in_an_earl
     path = config("[server]\nport = 1\n[sevrer]\nport = 2\n")
     with pytest.raises(SettingsError) as caught:
         load_settings({}, path)
-    assert str(caught.value) == f"{path}, line 4: unknown setting sevrer.port"
+    assert (
+        str(caught.value)
+        == f"{path}, line 4: unknown setting sevrer.port; did you mean server.port?"
+    )
 
 
 def test_default_section_is_not_silently_ignored(config):
@@ -276,7 +333,10 @@ def test_unknown_empty_section_is_an_error(config):
 
 @pytest.mark.parametrize(
     "where,reason",
-    [(lambda tmp: tmp / "missing.ini", "No such file or directory"), (lambda tmp: tmp, "Is a directory")],
+    [
+        (lambda tmp: tmp / "missing.ini", "No such file or directory"),
+        (lambda tmp: tmp, "Is a directory"),
+    ],
     ids=["missing", "directory"],
 )
 def test_unreadable_config_file_is_an_error_naming_it_and_the_reason(tmp_path, where, reason):
@@ -290,18 +350,44 @@ MALFORMED_CONFIG_ROWS = [
     (b"[server]\nport = 1\n\xff\xfe\n", "config file {path} is not UTF-8", "invalid-utf8"),
     ("[server]\nport = 1\n".encode("utf-16"), "config file {path} is not UTF-8", "utf16"),
     (b"port = 1\n", "{path}, line 1: a setting comes before any [section]", "no-section"),
-    (b"\n# c\nport = 1\n", "{path}, line 3: a setting comes before any [section]", "no-section-after-comment"),
-    (b"[server]\nport = 1\nport = 2\n", "{path}, line 3: server.port is set twice", "duplicate-key"),
-    (b"# c\n\n[tokens]\nttl = 1\nttl = 2\n", "{path}, line 5: tokens.ttl is set twice", "duplicate-ttl"),
-    (b"[server]\nport = 1\n[server]\nhost = x\n", "{path}, line 3: [server] appears twice", "duplicate-section"),
-    (b"[server\nport = 1\n", "{path}, line 1: a setting comes before any [section]", "broken-header"),
+    (
+        b"\n# c\nport = 1\n",
+        "{path}, line 3: a setting comes before any [section]",
+        "no-section-after-comment",
+    ),
+    (
+        b"[server]\nport = 1\nport = 2\n",
+        "{path}, line 3: server.port is set twice",
+        "duplicate-key",
+    ),
+    (
+        b"# c\n\n[tokens]\nttl = 1\nttl = 2\n",
+        "{path}, line 5: tokens.ttl is set twice",
+        "duplicate-ttl",
+    ),
+    (
+        b"[server]\nport = 1\n[server]\nhost = x\n",
+        "{path}, line 3: [server] appears twice",
+        "duplicate-section",
+    ),
+    (
+        b"[server\nport = 1\n",
+        "{path}, line 1: a setting comes before any [section]",
+        "broken-header",
+    ),
     (b"[server]\n  = 1\n", "{path}, line 2: a line is neither [section] nor key = value", "no-key"),
-    (b"[server]\nport = 1\njunk\n", "{path}, line 3: a line is neither [section] nor key = value", "no-equals"),
+    (
+        b"[server]\nport = 1\njunk\n",
+        "{path}, line 3: a line is neither [section] nor key = value",
+        "no-equals",
+    ),
 ]
 
 
 @pytest.mark.parametrize(
-    "content,message", [row[:2] for row in MALFORMED_CONFIG_ROWS], ids=[row[2] for row in MALFORMED_CONFIG_ROWS]
+    "content,message",
+    [row[:2] for row in MALFORMED_CONFIG_ROWS],
+    ids=[row[2] for row in MALFORMED_CONFIG_ROWS],
 )
 def test_malformed_config_file_is_an_error_naming_file_and_line(config, content, message):
     path = config(content)
@@ -334,7 +420,22 @@ def test_config_file_error_does_not_show_the_secret(config, text):
 
 @pytest.mark.parametrize(
     "value",
-    ["+1", "1_0", "abc", "70000", "65536", "-1", "1.0", "0x10", "1e3", "", "\u0661\u0662", "\uff11", "80 81", "80,81"],
+    [
+        "+1",
+        "1_0",
+        "abc",
+        "70000",
+        "65536",
+        "-1",
+        "1.0",
+        "0x10",
+        "1e3",
+        "",
+        "\u0661\u0662",
+        "\uff11",
+        "80 81",
+        "80,81",
+    ],
     ids=[
         "plus",
         "underscore",
@@ -357,13 +458,17 @@ def test_bad_server_port_is_an_error_naming_it(value):
         load_settings({"SERVER_PORT": value})
 
 
-@pytest.mark.parametrize("value", ["+1", "1_0", "abc", "70000"], ids=["plus", "underscore", "letters", "70000"])
+@pytest.mark.parametrize(
+    "value", ["+1", "1_0", "abc", "70000"], ids=["plus", "underscore", "letters", "70000"]
+)
 def test_bad_port_in_the_config_file_is_an_error_naming_it(config, value):
     with pytest.raises(SettingsError, match=r"server\.port"):
         load_settings({}, config(f"[server]\nport = {value}\n"))
 
 
-@pytest.mark.parametrize("value,port", [("0", 0), ("65535", 65535), ("080", 80)], ids=["0", "65535", "leading-zero"])
+@pytest.mark.parametrize(
+    "value,port", [("0", 0), ("65535", 65535), ("080", 80)], ids=["0", "65535", "leading-zero"]
+)
 def test_good_server_port(value, port):
     assert load_settings({"SERVER_PORT": value}).port == port
 
@@ -434,7 +539,14 @@ def test_timeouts_take_decimals():
         ("participant_name,room_config", frozenset({"participant_name", "room_config"})),
         (
             " participant_name, participant_metadata  participant_attributes,room_config ",
-            frozenset({"participant_name", "participant_metadata", "participant_attributes", "room_config"}),
+            frozenset(
+                {
+                    "participant_name",
+                    "participant_metadata",
+                    "participant_attributes",
+                    "room_config",
+                }
+            ),
         ),
     ],
     ids=["none", "one", "comma", "mixed-separators"],
@@ -445,7 +557,14 @@ def test_token_client_fields(value, fields):
 
 @pytest.mark.parametrize(
     "value",
-    ["participant_name bogus", "room_name", "participant_identity", "participantName", "Participant_Name", "*"],
+    [
+        "participant_name bogus",
+        "room_name",
+        "participant_identity",
+        "participantName",
+        "Participant_Name",
+        "*",
+    ],
     ids=["unknown", "room_name", "participant_identity", "camelCase", "wrong-case", "wildcard"],
 )
 def test_unknown_token_client_field_is_an_error_naming_the_setting(value):
@@ -458,7 +577,10 @@ def test_unknown_token_client_field_is_an_error_naming_the_setting(value):
     [
         ("*", frozenset({"*"})),
         (" * ", frozenset({"*"})),
-        ("https://a.example, https://b.example", frozenset({"https://a.example", "https://b.example"})),
+        (
+            "https://a.example, https://b.example",
+            frozenset({"https://a.example", "https://b.example"}),
+        ),
         ("https://a.example https://a.example", frozenset({"https://a.example"})),
         ("http://localhost:5173", frozenset({"http://localhost:5173"})),
         ("https://127.0.0.1:8443", frozenset({"https://127.0.0.1:8443"})),
@@ -520,7 +642,12 @@ def test_invalid_cors_allowed_origins_are_an_error_naming_the_setting(value):
 
 # Each of these, empty, would quietly mean "anyone" or "anything": no bearer secret,
 # no room rule, every source, every origin.
-FAIL_CLOSED_LISTS = ["TOKEN_AUTH_SECRETS", "TOKEN_ROOMS", "TOKEN_CAN_PUBLISH_SOURCES", "CORS_ALLOWED_ORIGINS"]
+FAIL_CLOSED_LISTS = [
+    "TOKEN_AUTH_SECRETS",
+    "TOKEN_ROOMS",
+    "TOKEN_CAN_PUBLISH_SOURCES",
+    "CORS_ALLOWED_ORIGINS",
+]
 NOTHING = [",", " , ", ",,,", ""]
 NOTHING_IDS = ["comma", "spaced-comma", "commas", "empty"]
 
@@ -544,11 +671,14 @@ def test_list_setting_that_lists_nothing_is_an_error_naming_it(env_name, text):
 
 @pytest.mark.parametrize("text", NOTHING, ids=NOTHING_IDS)
 @pytest.mark.parametrize("env_name", FAIL_CLOSED_LISTS)
-def test_list_setting_that_lists_nothing_in_the_config_file_is_an_error_naming_the_key(config, env_name, text):
+def test_list_setting_that_lists_nothing_in_the_config_file_is_an_error_naming_the_key(
+    config, env_name, text
+):
     section, key, _ = SETTING_SOURCES[field_of(env_name)]
     with pytest.raises(SettingsError) as caught:
-        load_settings(KEYS, config(f"[{section}]\n{key} = {text}\n"))
-    assert str(caught.value) == nothing_listed(f"{section}.{key}")
+        path = config(f"[{section}]\n{key} = {text}\n")
+        load_settings(KEYS, path)
+    assert str(caught.value) == f"{path}, line 2: " + nothing_listed(f"{section}.{key}")
 
 
 @pytest.mark.parametrize("env_name", FAIL_CLOSED_LISTS)
@@ -560,7 +690,10 @@ def test_list_setting_left_out_keeps_its_default(env_name):
 @pytest.mark.parametrize("text", NOTHING, ids=NOTHING_IDS)
 @pytest.mark.parametrize(
     "env_name,field,value",
-    [("TOKEN_CLIENT_FIELDS", "client_fields", frozenset()), ("SERVER_TRUSTED_PROXIES", "trusted_proxies", ())],
+    [
+        ("TOKEN_CLIENT_FIELDS", "client_fields", frozenset()),
+        ("SERVER_TRUSTED_PROXIES", "trusted_proxies", ()),
+    ],
     ids=["client-fields", "trusted-proxies"],
 )
 def test_lists_where_nothing_lets_in_less_may_be_empty(env_name, field, value, text):
@@ -569,18 +702,31 @@ def test_lists_where_nothing_lets_in_less_may_be_empty(env_name, field, value, t
 
 def run_command(environ: dict, *args: str) -> subprocess.CompletedProcess:
     """`python3 server.py ARGS` with only `environ` (and PATH) as its environment; it must exit by itself."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONDONTWRITEBYTECODE": "1", **COVERAGE_ENV, **environ}
-    return subprocess.run([sys.executable, "server.py", *args], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        **COVERAGE_ENV,
+        **environ,
+    }
+    return subprocess.run(
+        [sys.executable, "server.py", *args],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
 
 
 def logged_error(message: str) -> str:
     """How the server's logfmt line carries a configuration error."""
-    return f"msg=\"configuration error\" error={json.dumps(message)}"
+    return f'msg="configuration error" error={json.dumps(message)}'
 
 
 @pytest.mark.parametrize(
-    "env_name,text", [(name, NOTHING[i % len(NOTHING)]) for i, name in enumerate(FAIL_CLOSED_LISTS)],
+    "env_name,text",
+    [(name, NOTHING[i % len(NOTHING)]) for i, name in enumerate(FAIL_CLOSED_LISTS)],
     ids=FAIL_CLOSED_LISTS,
 )
 def test_the_command_exits_2_naming_a_list_setting_that_lists_nothing(env_name, text):
@@ -595,7 +741,10 @@ def test_the_command_exits_2_naming_a_config_file_it_cannot_read(tmp_path):
     path = tmp_path / "missing.ini"
     done = run_command({**KEYS, "SERVER_PORT": "0"}, "--config", str(path))
     assert done.returncode == 2, done.stderr
-    assert logged_error(f"cannot read config file {path}: No such file or directory (check --config)") in done.stderr
+    assert (
+        logged_error(f"cannot read config file {path}: No such file or directory (check --config)")
+        in done.stderr
+    )
 
 
 def test_the_command_exits_2_naming_the_line_of_a_config_file_error(tmp_path):
@@ -607,18 +756,28 @@ def test_the_command_exits_2_naming_the_line_of_a_config_file_error(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# Issue 12: development mode listens on loopback; check_startup says what is open
+# Development mode listens on loopback; check_startup says what is open
 
-DEV_MODE = ("DEVELOPMENT MODE: no LIVEKIT_API_KEY and LIVEKIT_API_SECRET, so tokens are signed with LiveKit's "
-            "public development key and anyone who can reach this server can forge webhooks. ")
-DEV_MODE_LOOPBACK = DEV_MODE + "Listening on loopback only; SERVER_HOST=0.0.0.0 opens it to the local network (phones)."
-DEV_MODE_EXPOSED = DEV_MODE + "Never expose this server."
+DEV_MODE = (
+    "DEVELOPMENT MODE: tokens are signed with LiveKit's public development key, which anyone can sign "
+    "with; webhooks are taken only from this machine. "
+)
+DEV_MODE_LOOPBACK = (
+    DEV_MODE
+    + "Listening on loopback only; SERVER_HOST=0.0.0.0 opens it to the local network (phones)."
+)
 LONG_AUTH = "a-bearer-secret-of-at-least-32-characters"
 
 
-def token_open(port: int = 6080) -> str:
-    return (f"/token is open: anyone who can reach port {port} can get tokens. "
-            "tokens.auth_secrets (TOKEN_AUTH_SECRETS) closes it.")
+def dev_mode_exposed(host: str = "0.0.0.0") -> str:
+    return DEV_MODE + f"Listening on {host}: never expose this server."
+
+
+def token_open() -> str:
+    return (
+        "/token is open: anyone who can reach this server can get tokens. "
+        "tokens.auth_secrets (TOKEN_AUTH_SECRETS) closes it."
+    )
 
 
 def test_development_mode_defaults_to_loopback():
@@ -640,8 +799,11 @@ def test_real_keys_keep_the_public_default_host():
 def startup_warnings(caplog, settings: Settings) -> list:
     with caplog.at_level(logging.WARNING, logger="livekit_token_server"):
         check_startup(settings)
-    return [record.getMessage() for record in caplog.records
-            if record.name == "livekit_token_server" and record.levelno >= logging.WARNING]
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "livekit_token_server" and record.levelno >= logging.WARNING
+    ]
 
 
 @pytest.mark.parametrize(
@@ -651,10 +813,10 @@ def startup_warnings(caplog, settings: Settings) -> list:
         ({"SERVER_HOST": "::1"}, [DEV_MODE_LOOPBACK]),
         ({"SERVER_HOST": "localhost"}, [DEV_MODE_LOOPBACK]),
         ({"SERVER_HOST": "127.0.0.2"}, [DEV_MODE_LOOPBACK]),
-        ({"SERVER_HOST": "0.0.0.0"}, [DEV_MODE_EXPOSED, token_open()]),
-        ({"SERVER_HOST": "0.0.0.0", "SERVER_PORT": "7000"}, [DEV_MODE_EXPOSED, token_open(7000)]),
-        ({"SERVER_HOST": "0.0.0.0", "TOKEN_AUTH_SECRETS": LONG_AUTH}, [DEV_MODE_EXPOSED]),
-        ({"SERVER_HOST": "::"}, [DEV_MODE_EXPOSED, token_open()]),
+        ({"SERVER_HOST": "0.0.0.0"}, [dev_mode_exposed(), token_open()]),
+        ({"SERVER_HOST": "0.0.0.0", "SERVER_PORT": "7000"}, [dev_mode_exposed(), token_open()]),
+        ({"SERVER_HOST": "0.0.0.0", "TOKEN_AUTH_SECRETS": LONG_AUTH}, [dev_mode_exposed()]),
+        ({"SERVER_HOST": "::"}, [dev_mode_exposed("::"), token_open()]),
         ({**KEYS}, [token_open()]),
         ({**KEYS, "SERVER_HOST": "192.0.2.10"}, [token_open()]),
         ({**KEYS, "TOKEN_AUTH_SECRETS": LONG_AUTH}, []),
@@ -662,11 +824,26 @@ def startup_warnings(caplog, settings: Settings) -> list:
         ({**KEYS, "SERVER_HOST": "::1"}, []),
         ({**KEYS, "SERVER_HOST": "localhost"}, []),
     ],
-    ids=["dev", "dev-ipv6-loopback", "dev-localhost", "dev-127-0-0-2", "dev-every-interface", "dev-other-port",
-         "dev-with-secrets", "dev-ipv6-any", "keys", "keys-one-address", "keys-with-secrets", "keys-loopback",
-         "keys-ipv6-loopback", "keys-localhost"],
+    ids=[
+        "dev",
+        "dev-ipv6-loopback",
+        "dev-localhost",
+        "dev-127-0-0-2",
+        "dev-every-interface",
+        "dev-other-port",
+        "dev-with-secrets",
+        "dev-ipv6-any",
+        "keys",
+        "keys-one-address",
+        "keys-with-secrets",
+        "keys-loopback",
+        "keys-ipv6-loopback",
+        "keys-localhost",
+    ],
 )
-def test_check_startup_warns_about_development_mode_and_an_open_token_endpoint(caplog, environ, expected):
+def test_check_startup_warns_about_development_mode_and_an_open_token_endpoint(
+    caplog, environ, expected
+):
     assert startup_warnings(caplog, load_settings(environ)) == expected
 
 
@@ -675,7 +852,12 @@ LISTENING_ON = re.compile(r"msg=listening host=(\S+) port=([0-9]+)")
 
 
 def start_command(environ: dict) -> LoggedProcess:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONDONTWRITEBYTECODE": "1", **COVERAGE_ENV, **environ}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        **COVERAGE_ENV,
+        **environ,
+    }
     return LoggedProcess([sys.executable, "server.py"], cwd=ROOT, env=env)
 
 
@@ -697,8 +879,10 @@ def test_the_command_in_development_mode_takes_server_host():
     process = start_command({"SERVER_PORT": "0", "SERVER_HOST": "0.0.0.0"})
     try:
         port = process.port(re.compile(r"msg=listening host=0\.0\.0\.0 port=([0-9]+)"))
-        assert "level=WARNING msg=" + json.dumps(DEV_MODE_EXPOSED) in process.output
-        assert 'level=WARNING msg="/token is open: anyone who can reach port ' in process.output
+        assert "level=WARNING msg=" + json.dumps(dev_mode_exposed()) in process.output
+        assert (
+            'level=WARNING msg="/token is open: anyone who can reach this server' in process.output
+        )
         status, _, _ = http_request(port, "GET", "/healthz")
         assert status == 200
         assert process.stop() == 0
@@ -768,7 +952,9 @@ def test_config_example_holds_exactly_the_built_in_defaults():
     assert load_settings(KEYS, str(EXAMPLE)) == load_settings(KEYS)
 
 
-@pytest.mark.parametrize("section, key, env_name", [source[:3] for source in SETTING_SOURCES.values()])
+@pytest.mark.parametrize(
+    "section, key, env_name", [source[:3] for source in SETTING_SOURCES.values()]
+)
 def test_config_example_documents_every_setting_with_its_variable(section, key, env_name):
     text = EXAMPLE.read_text(encoding="utf-8")
     block = text.split(f"[{section}]", 1)[1].split("\n[", 1)[0]
@@ -776,7 +962,9 @@ def test_config_example_documents_every_setting_with_its_variable(section, key, 
     assert f"# {env_name}\n" in block
 
 
-@pytest.mark.parametrize("section, key, env_name", [source[:3] for source in SETTING_SOURCES.values()])
+@pytest.mark.parametrize(
+    "section, key, env_name", [source[:3] for source in SETTING_SOURCES.values()]
+)
 def test_readme_lists_every_setting(section, key, env_name):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert f"| `{env_name}` | `{section}.{key}` |" in readme
@@ -795,9 +983,316 @@ def test_a_setting_of_an_earlier_version_stops_the_server_rather_than_being_igno
     # LiveKit takes as delivered; TOKEN_HIDDEN ignored would hand out visible participants.
     with pytest.raises(SettingsError) as caught:
         load_settings({"LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s" * 32, name: "true"})
-    assert str(caught.value) == f"{name} is no longer a setting (README.md, Configuration, lists them)"
+    assert (
+        str(caught.value) == f"{name} is no longer a setting (README.md, Configuration, lists them)"
+    )
 
 
 def test_the_readme_names_every_removed_setting():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert all(f"`{name}`" in readme for name in server.REMOVED_SETTINGS)
+
+
+# --------------------------------------------------------------------------
+# What a newcomer copies from the docs, or mistypes, stops the server and says why
+
+WEAK_SECRET_RULE = (
+    "must be at least 32 random characters "
+    "(python3 -c 'import secrets; print(secrets.token_urlsafe(32))' makes one)"
+)
+API_SECRET_WEAK = f"livekit.api_secret (LIVEKIT_API_SECRET) {WEAK_SECRET_RULE}"
+AUTH_SECRET_WEAK = f"tokens.auth_secrets (TOKEN_AUTH_SECRETS): each {WEAK_SECRET_RULE}"
+WEAK_SECRETS = [
+    pytest.param("...", id="dots"),
+    pytest.param("abc", id="short"),
+    pytest.param("a" * 31 + "bcdefg", id="few-distinct"),
+    pytest.param("x" * 64, id="one-character"),
+    pytest.param("<32 or more random characters>", id="angle-placeholder"),
+    pytest.param("<paste-a-secret-of-at-least-32-characters-here>", id="long-angle-placeholder"),
+    pytest.param("change-me-change-me-change-me-change-me", id="changeme"),
+    pytest.param("0123456789abcdef0123456789abcde", id="31-characters"),
+]
+
+
+@pytest.mark.parametrize("secret", WEAK_SECRETS)
+def test_a_short_or_placeholder_api_secret_is_refused(secret):
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"LIVEKIT_API_KEY": "APIkey", "LIVEKIT_API_SECRET": secret})
+    assert str(caught.value) == API_SECRET_WEAK
+    assert secret not in str(caught.value)
+
+
+@pytest.mark.parametrize("secret", WEAK_SECRETS)
+def test_a_short_or_placeholder_bearer_secret_is_refused(secret):
+    with pytest.raises(SettingsError) as caught:
+        load_settings({**KEYS, "TOKEN_AUTH_SECRETS": f"{LONG_AUTH} {secret}"})
+    assert str(caught.value) == AUTH_SECRET_WEAK
+
+
+def test_a_secret_of_32_random_characters_is_taken():
+    secret = "0123456789abcdef0123456789abcdef"
+    assert (
+        load_settings({"LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": secret}).api_secret == secret
+    )
+    assert load_settings({**KEYS, "TOKEN_AUTH_SECRETS": secret}).auth_secrets == {secret}
+
+
+def test_the_config_example_with_its_placeholders_uncommented_stops_the_server(config):
+    text = EXAMPLE.read_text(encoding="utf-8")
+    for line in re.findall(r"^# ((?:auth_secrets|api_key|api_secret) = .*)$", text, re.MULTILINE):
+        text = text.replace(f"# {line}\n", f"{line}\n")
+    assert re.search(r"^auth_secrets = <", text, re.MULTILINE)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(KEYS, config(text))
+    assert str(caught.value).endswith(AUTH_SECRET_WEAK)
+
+
+def test_the_command_exits_2_on_the_readme_placeholders():
+    done = run_command(
+        {"LIVEKIT_API_KEY": "...", "LIVEKIT_API_SECRET": "...", "TOKEN_AUTH_SECRETS": "..."}
+    )
+    assert done.returncode == 2, done.stderr
+    assert logged_error(API_SECRET_WEAK) in done.stderr
+
+
+def test_livekit_development_pair_given_explicitly_is_development_mode():
+    settings = load_settings({"LIVEKIT_API_KEY": "devkey", "LIVEKIT_API_SECRET": "secret"})
+    assert settings.dev_mode is True
+    assert settings.host == "127.0.0.1"
+    assert Settings(api_key="devkey", api_secret="secret").host == "127.0.0.1"
+
+
+def test_the_development_secret_with_another_key_is_a_weak_secret():
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"LIVEKIT_API_KEY": "APIkey", "LIVEKIT_API_SECRET": "secret"})
+    assert str(caught.value) == API_SECRET_WEAK
+
+
+@pytest.mark.parametrize(
+    "name,meant",
+    [
+        ("TOKEN_AUTH_SECRET", "TOKEN_AUTH_SECRETS"),
+        ("LIVEKIT_API_SECRETS", "LIVEKIT_API_SECRET"),
+        ("SERVER_PROT", "SERVER_PORT"),
+        ("LIVEKIT_SECRET", "LIVEKIT_API_SECRET"),
+        ("CORS_ALLOWED_ORIGIN", "CORS_ALLOWED_ORIGINS"),
+        ("TOKEN_ROOM", "TOKEN_ROOMS"),
+    ],
+)
+def test_a_misspelled_variable_stops_the_server_naming_the_setting_meant(name, meant):
+    with pytest.raises(SettingsError) as caught:
+        load_settings({**KEYS, name: LONG_AUTH})
+    assert str(caught.value) == f"{name} is not a setting; did you mean {meant}?"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "SERVER_NAME",
+        "SERVER_SOFTWARE",
+        "SERVER_PROTOCOL",
+        "SERVER_ADDR",
+        "PATH",
+        "HOME",
+        "HOSTNAME",
+        "PORT",
+        "LANG",
+        "PYTHONPATH",
+        "GATEWAY_INTERFACE",
+        "REMOTE_ADDR",
+        "TOKEN",
+        "LIVEKIT_HOST",
+    ],
+)
+def test_variables_platforms_set_are_not_taken_for_misspelled_settings(name):
+    assert load_settings({**KEYS, name: "x"}) == load_settings(KEYS)
+
+
+def test_the_command_exits_2_on_a_misspelled_variable():
+    done = run_command({**KEYS, "SERVER_HOST": "127.0.0.1", "TOKEN_AUTH_SECRET": LONG_AUTH})
+    assert done.returncode == 2, done.stderr
+    assert (
+        logged_error("TOKEN_AUTH_SECRET is not a setting; did you mean TOKEN_AUTH_SECRETS?")
+        in done.stderr
+    )
+
+
+def test_an_unknown_section_suggests_the_section_meant(config):
+    path = config("[sevrer]\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings({}, path)
+    assert str(caught.value) == f"{path}, line 1: unknown section [sevrer]; did you mean [server]?"
+
+
+@pytest.mark.parametrize(
+    "line,problem",
+    [
+        ('api_key = "APIk"', "livekit.api_key: remove the quotes (values are read as written)"),
+        ("api_key = 'APIk'", "livekit.api_key: remove the quotes (values are read as written)"),
+        (
+            "url = wss://lk.example.com # ours",
+            "livekit.url: a comment must be on a line of its own (# or ; after a value is read as part of it)",
+        ),
+        (
+            "url = wss://lk.example.com ; ours",
+            "livekit.url: a comment must be on a line of its own (# or ; after a value is read as part of it)",
+        ),
+    ],
+    ids=["double-quotes", "single-quotes", "hash-comment", "semicolon-comment"],
+)
+def test_quotes_and_trailing_comments_in_the_config_file_name_file_line_and_cause(
+    config, line, problem
+):
+    path = config(f"# mine\n[livekit]\n{line}\napi_secret = {SECRET}\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings({}, path)
+    assert str(caught.value) == f"{path}, line 3: {problem}"
+
+
+def test_a_port_with_a_trailing_comment_names_file_line_and_cause(config):
+    path = config("[server]\nport = 6092 # the port\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings({}, path)
+    assert str(caught.value) == (
+        f"{path}, line 2: server.port: a comment must be on a line of its own "
+        "(# or ; after a value is read as part of it)"
+    )
+
+
+@pytest.mark.parametrize(
+    "text,line,message",
+    [
+        (
+            "[server]\nhost = ::1\nport = 70000\n",
+            3,
+            "server.port (SERVER_PORT) must be from 0 to 65535",
+        ),
+        (
+            "[server]\n\nport = abc\n",
+            3,
+            "server.port must be a whole number of at most 9 ASCII digits",
+        ),
+        ("[livekit]\napi_key = k\napi_secret = short\n", 3, API_SECRET_WEAK),
+        (
+            "[tokens]\nrooms = a*b\n",
+            2,
+            'tokens.rooms (TOKEN_ROOMS) takes room names, or prefixes ending in "*"',
+        ),
+    ],
+    ids=["range", "not-a-number", "weak-secret", "rooms"],
+)
+def test_a_bad_value_in_the_config_file_names_file_and_line(config, text, line, message):
+    path = config(text)
+    with pytest.raises(SettingsError) as caught:
+        load_settings({}, path)
+    assert str(caught.value) == f"{path}, line {line}: {message}"
+
+
+def test_a_bad_value_from_the_environment_names_no_file(config):
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"SERVER_PORT": "70000"}, config("[server]\nport = 6080\n"))
+    assert str(caught.value) == "server.port (SERVER_PORT) must be from 0 to 65535"
+
+
+@pytest.mark.parametrize(
+    "where,hint",
+    [
+        (lambda tmp: tmp, "give the path of a file, not a directory"),
+        (
+            lambda tmp: tmp / "missing" / "events.jsonl",
+            "create its directory, writable by this user",
+        ),
+    ],
+    ids=["directory", "missing-directory"],
+)
+def test_an_event_file_that_cannot_be_opened_gets_the_hint_for_its_error(tmp_path, where, hint):
+    path = str(where(tmp_path))
+    with pytest.raises(SettingsError) as caught:
+        check_startup(load_settings({**KEYS, "WEBHOOK_EVENT_FILE": path}))
+    assert str(caught.value).startswith(
+        f"webhook.event_file (WEBHOOK_EVENT_FILE) cannot be opened: {path}: "
+    )
+    assert str(caught.value).endswith(f" ({hint})")
+
+
+WSGI_REFUSAL = (
+    "development mode (LiveKit's public development key, used when LIVEKIT_API_KEY and "
+    "LIVEKIT_API_SECRET are not set) under a WSGI server needs "
+    "server.allow_dev_mode (SERVER_ALLOW_DEV_MODE)=true"
+)
+DEV_MODE_WSGI = DEV_MODE + "Where it listens is the WSGI server's choice: never expose it."
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [{}, {"LIVEKIT_API_KEY": "devkey", "LIVEKIT_API_SECRET": "secret"}],
+    ids=["no-credentials", "development-pair"],
+)
+def test_development_mode_under_a_wsgi_server_is_refused_unless_allowed(caplog, environ):
+    with pytest.raises(SettingsError) as caught:
+        check_startup(load_settings(environ), wsgi_server=True)
+    assert str(caught.value) == WSGI_REFUSAL
+    with caplog.at_level(logging.WARNING, logger="livekit_token_server"):
+        check_startup(load_settings({**environ, "SERVER_ALLOW_DEV_MODE": "true"}), wsgi_server=True)
+    # Nothing about loopback or a port: the WSGI server alone knows where it listens.
+    assert [record.getMessage() for record in caplog.records] == [DEV_MODE_WSGI, token_open()]
+
+
+def test_under_a_wsgi_server_an_open_token_endpoint_is_always_warned_about(caplog):
+    with caplog.at_level(logging.WARNING, logger="livekit_token_server"):
+        check_startup(load_settings({**KEYS, "SERVER_HOST": "127.0.0.1"}), wsgi_server=True)
+    assert [record.getMessage() for record in caplog.records] == [token_open()]
+
+
+def test_server_application_without_credentials_stops_with_the_message():
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        **COVERAGE_ENV,
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", "import server; server.application"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode != 0
+    assert logged_error(WSGI_REFUSAL) in done.stderr
+
+
+def test_half_a_key_pair_in_the_config_file_names_file_and_line(config):
+    path = config(f"[server]\nport = 1\n[livekit]\napi_secret = {SECRET}\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings({}, path)
+    assert str(caught.value) == (
+        f"{path}, line 4: livekit.api_secret (LIVEKIT_API_SECRET) is set but livekit.api_key (LIVEKIT_API_KEY) is not"
+    )
+
+
+@pytest.mark.parametrize("url", ["localhost:7880", "ftp://lk.example.com", "wss://", "wss://a b"])
+def test_a_livekit_url_that_is_not_a_websocket_or_http_url_is_refused(url):
+    with pytest.raises(SettingsError) as caught:
+        load_settings({**KEYS, "LIVEKIT_URL": url})
+    assert (
+        str(caught.value)
+        == "livekit.url (LIVEKIT_URL) must be a ws://, wss://, http:// or https:// URL"
+    )
+
+
+@pytest.mark.parametrize(
+    "path,hint",
+    [("/etc/hostname/events.jsonl", ""), ("/sys/kernel/notes", " (make it writable by this user)")],
+    ids=["not-a-directory", "not-writable"],
+)
+def test_an_event_file_error_gives_a_hint_only_where_one_fits(path, hint):
+    if not os.path.exists(path.rsplit("/", 1)[0]) or (hint and not os.path.exists(path)):
+        pytest.skip(f"{path} is not on this machine")
+    with pytest.raises(SettingsError) as caught:
+        check_startup(load_settings({**KEYS, "WEBHOOK_EVENT_FILE": path}))
+    assert re.fullmatch(
+        rf"webhook\.event_file \(WEBHOOK_EVENT_FILE\) cannot be opened: {re.escape(path)}: "
+        rf"[A-Za-z ]+{re.escape(hint)}",
+        str(caught.value),
+    ), str(caught.value)

@@ -11,7 +11,13 @@ import jwt
 import pytest
 
 import livekit_auth
-from livekit_auth._strict import MAX_JSON_DEPTH, b64url_decode, b64url_encode, dumps_compact, loads_object
+from livekit_auth._strict import (
+    MAX_JSON_DEPTH,
+    b64url_decode,
+    b64url_encode,
+    dumps_compact,
+    loads_object,
+)
 from vectors import RFC7520_COMPACT, RFC7520_HEADER, RFC7520_KEY, RFC7520_PAYLOAD
 
 # PyJWT warns that "secret" is short; it is the golden vectors' (LiveKit dev) secret.
@@ -82,10 +88,18 @@ def test_b64url_empty_segment_is_empty_bytes():
     "text, expected",
     [
         pytest.param(b'{"a":1}', {"a": 1}, id="object"),
-        pytest.param(b' {"a" : [true, null, 1.5, "x"]} \n', {"a": [True, None, 1.5, "x"]}, id="whitespace"),
-        pytest.param(b'{"a":{"b":1},"c":{"b":2}}', {"a": {"b": 1}, "c": {"b": 2}}, id="same-key-in-sibling-objects"),
+        pytest.param(
+            b' {"a" : [true, null, 1.5, "x"]} \n', {"a": [True, None, 1.5, "x"]}, id="whitespace"
+        ),
+        pytest.param(
+            b'{"a":{"b":1},"c":{"b":2}}',
+            {"a": {"b": 1}, "c": {"b": 2}},
+            id="same-key-in-sibling-objects",
+        ),
         pytest.param(b'{"e":"\\ud83d\\ude00"}', {"e": "\U0001f600"}, id="paired-surrogate-escapes"),
-        pytest.param(b'{"e":"\\\\ud800"}', {"e": "\\ud800"}, id="escaped-backslash-then-u-d800-text"),
+        pytest.param(
+            b'{"e":"\\\\ud800"}', {"e": "\\ud800"}, id="escaped-backslash-then-u-d800-text"
+        ),
         pytest.param('{"e":"\U0001f600"}'.encode(), {"e": "\U0001f600"}, id="raw-utf8"),
         pytest.param(b'{"x":1e308}', {"x": 1e308}, id="large-finite-float"),
         pytest.param(b'{"x":' + b"9" * 4300 + b"}", {"x": int("9" * 4300)}, id="4300-digit-int"),
@@ -96,13 +110,29 @@ def test_loads_object_accepts(text, expected):
 
 
 # loads_object's fixed phrases, one per rule.
-NOT_UTF8, NOT_JSON, DUPLICATE, NAN = "is not UTF-8", "is not valid JSON", "has a duplicate key", "has NaN or Infinity"
-SURROGATE, TOO_DEEP, NOT_OBJECT = "has an unpaired surrogate", "is nested too deeply", "is not a JSON object"
+NOT_UTF8, NOT_JSON, DUPLICATE, NAN = (
+    "is not UTF-8",
+    "is not valid JSON",
+    "has a duplicate key",
+    "has NaN or Infinity",
+)
+SURROGATE, TOO_DEEP, NOT_OBJECT = (
+    "has an unpaired surrogate",
+    "is nested too deeply",
+    "is not a JSON object",
+)
 
 
 def nested(depth: int, siblings: int = 0) -> bytes:
     """An object whose deepest value is `depth` levels down (the object is level 1), beside `siblings` empty arrays."""
-    return b'{"s":[' + b",".join([b"[]"] * siblings) + b'],"a":' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+    return (
+        b'{"s":['
+        + b",".join([b"[]"] * siblings)
+        + b'],"a":'
+        + b"[" * (depth - 1)
+        + b"]" * (depth - 1)
+        + b"}"
+    )
 
 
 @pytest.mark.parametrize(
@@ -136,7 +166,9 @@ def nested(depth: int, siblings: int = 0) -> bytes:
         pytest.param('{"a":1}'.encode("utf-16"), NOT_UTF8, id="utf16"),
         pytest.param(nested(65), TOO_DEEP, id="one-level-past-max-depth"),
         pytest.param(b"[" * 100_000 + b"]" * 100_000, TOO_DEEP, id="100000-nested-arrays"),
-        pytest.param(b'{"a":' * 100_000 + b"1" + b"}" * 100_000, TOO_DEEP, id="100000-nested-objects"),
+        pytest.param(
+            b'{"a":' * 100_000 + b"1" + b"}" * 100_000, TOO_DEEP, id="100000-nested-objects"
+        ),
         pytest.param(b'{"a":' + b"[" * 100_000, TOO_DEEP, id="100000-unclosed-arrays"),
     ],
 )
@@ -152,7 +184,9 @@ def test_loads_object_rejects_with_value_error_naming_the_rule(text, phrase):
 
 def test_max_depth_is_a_limit_not_an_off_by_one():
     # The brackets outnumber MAX_JSON_DEPTH in both, so the depth walk runs, not just the count.
-    assert loads_object(nested(MAX_JSON_DEPTH, siblings=10)) == json.loads(nested(MAX_JSON_DEPTH, siblings=10))
+    assert loads_object(nested(MAX_JSON_DEPTH, siblings=10)) == json.loads(
+        nested(MAX_JSON_DEPTH, siblings=10)
+    )
     with pytest.raises(ValueError, match=TOO_DEEP):
         loads_object(nested(MAX_JSON_DEPTH + 1, siblings=10))
     # Few brackets, however deep they could nest, skip the walk.
@@ -167,9 +201,13 @@ def test_the_package_exports_the_json_helpers():
     "payload",
     [
         pytest.param({"sub": "", "iss": "devkey", "nbf": 1, "exp": 2}, id="plain"),
-        pytest.param({"name": "Zo\u00eb \U0001f600", "metadata": '{"k":"v"}'}, id="non-ascii-and-quotes"),
+        pytest.param(
+            {"name": "Zo\u00eb \U0001f600", "metadata": '{"k":"v"}'}, id="non-ascii-and-quotes"
+        ),
         pytest.param({"video": {"canPublishSources": ["camera"], "hidden": False}}, id="nested"),
-        pytest.param({"attributes": {}, "roomConfig": {"agents": [{"agentName": "a"}]}}, id="empty-and-deep"),
+        pytest.param(
+            {"attributes": {}, "roomConfig": {"agents": [{"agentName": "a"}]}}, id="empty-and-deep"
+        ),
     ],
 )
 def test_dumps_compact_matches_pyjwt_serialization(payload):
@@ -214,7 +252,10 @@ def test_rfc7520_segments_are_what_we_encode():
 
 
 def test_rfc7520_header_is_strict_json():
-    assert loads_object(RFC7520_HEADER) == {"alg": "HS256", "kid": "018c0ae5-4d9b-471b-bfd6-eef314bc7037"}
+    assert loads_object(RFC7520_HEADER) == {
+        "alg": "HS256",
+        "kid": "018c0ae5-4d9b-471b-bfd6-eef314bc7037",
+    }
     # The payload is not JSON at all, which is why the vector stops here.
     with pytest.raises(ValueError):
         loads_object(RFC7520_PAYLOAD)

@@ -28,7 +28,9 @@ BODY = VECTORS["sdk-webhook"].body
 EVENT = json.loads(BODY)
 
 
-def webhook_token(body: bytes = BODY, *, sha256: str = None, now: float = NOW, secret: str = API_SECRET) -> str:
+def webhook_token(
+    body: bytes = BODY, *, sha256: str = None, now: float = NOW, secret: str = API_SECRET
+) -> str:
     """An Authorization token for this body, as the SDK mints it (5 minutes)."""
     return (
         la.AccessToken(API_KEY, secret)
@@ -54,13 +56,17 @@ def as_event(event: dict) -> WebhookEvent:
 @pytest.mark.parametrize("vector", WEBHOOK_VECTORS, ids=lambda v: v.name)
 def test_webhook_vector_returns_the_event(vector):
     assert vector.payload["sha256"] == body_sha256(vector.body)
-    assert RECEIVER.receive(vector.body, vector.jwt, now=vector.now).to_dict() == json.loads(vector.body)
+    assert RECEIVER.receive(vector.body, vector.jwt, now=vector.now).to_dict() == json.loads(
+        vector.body
+    )
 
 
 @pytest.mark.parametrize("vector", WEBHOOK_VECTORS, ids=lambda v: v.name)
 def test_webhook_vector_is_the_event_the_sdk_reads(vector, monkeypatch):
     event = RECEIVER.receive(vector.body, vector.jwt, now=vector.now)
-    assert sdk_receive(vector.body, vector.jwt, monkeypatch, now=vector.now) == as_event(event.to_dict())
+    assert sdk_receive(vector.body, vector.jwt, monkeypatch, now=vector.now) == as_event(
+        event.to_dict()
+    )
 
 
 @pytest.mark.parametrize(
@@ -97,14 +103,37 @@ def test_a_space_after_any_comma_breaks_the_hash(vector, monkeypatch):
         sdk_receive(tampered, vector.jwt, monkeypatch, now=vector.now)
 
 
+def test_sha256_set_on_the_builders_claims_signs_a_webhook_as_with_the_sdk(monkeypatch):
+    # How the SDK's own tests sign a webhook: the claim set on the builder, not with with_sha256.
+    freeze_sdk_clock(monkeypatch, NOW)
+    ours, theirs = la.AccessToken(API_KEY, API_SECRET), api.AccessToken(API_KEY, API_SECRET)
+    ours.claims.sha256 = body_sha256(BODY)
+    theirs.claims.sha256 = body_sha256(BODY)
+    authorization = ours.to_jwt(now=NOW)
+    assert authorization == theirs.to_jwt()
+    assert RECEIVER.receive(BODY.decode(), authorization, now=NOW).to_dict() == EVENT
+    assert sdk_receive(BODY, authorization, monkeypatch).event == EVENT["event"]
+    with pytest.raises(la.WebhookBodyMismatch):
+        RECEIVER.receive(BODY + b" ", authorization, now=NOW)
+
+
 # --- Conformance both ways, on the real clock ------------------------------------
 
 BODIES = [
     pytest.param(VECTORS["sdk-webhook"].body, id="room-started"),
     pytest.param(VECTORS["server-webhook"].body, id="participant-joined"),
-    pytest.param('{"event":"room_finished","room":{"name":"Zo\u00eb \U0001f600"}}'.encode(), id="non-ascii-utf8"),
-    pytest.param(b'{\n  "event": "track_published",\n  "track": {"sid": "TR_1", "type": "VIDEO"}\n}\n', id="pretty-printed"),
-    pytest.param(b'{"event":"egress_ended","egressInfo":{"egressId":"EG_1","status":"EGRESS_COMPLETE"}}', id="egress"),
+    pytest.param(
+        '{"event":"room_finished","room":{"name":"Zo\u00eb \U0001f600"}}'.encode(),
+        id="non-ascii-utf8",
+    ),
+    pytest.param(
+        b'{\n  "event": "track_published",\n  "track": {"sid": "TR_1", "type": "VIDEO"}\n}\n',
+        id="pretty-printed",
+    ),
+    pytest.param(
+        b'{"event":"egress_ended","egressInfo":{"egressId":"EG_1","status":"EGRESS_COMPLETE"}}',
+        id="egress",
+    ),
     pytest.param(b'{"event":"room_started","futureField":{"x":[1,2]}}', id="unknown-field"),
 ]
 
@@ -118,7 +147,11 @@ def now(monkeypatch):
 
 @pytest.mark.parametrize("body", BODIES)
 def test_sdk_webhook_passes_ours(body, now):
-    sdk_token = api.AccessToken(API_KEY, API_SECRET).with_sha256(body_sha256(body)).with_ttl(timedelta(minutes=5))
+    sdk_token = (
+        api.AccessToken(API_KEY, API_SECRET)
+        .with_sha256(body_sha256(body))
+        .with_ttl(timedelta(minutes=5))
+    )
     authorization = sdk_token.to_jwt()
     assert RECEIVER.receive(body, authorization, now=now).to_dict() == json.loads(body)
 
@@ -151,22 +184,51 @@ BOTH_REJECT = [
     # A token from /token has no sha256: it must never pass as a webhook.
     pytest.param(BODY, ACCESS_TOKEN, la.MalformedToken, id="access-token-without-sha256"),
     pytest.param(BODY, webhook_token(sha256=""), la.MalformedToken, id="sha256-empty"),
-    pytest.param(BODY.replace(b"room-1", b"room-2"), webhook_token(), la.WebhookBodyMismatch, id="body-one-byte-changed"),
+    pytest.param(
+        BODY.replace(b"room-1", b"room-2"),
+        webhook_token(),
+        la.WebhookBodyMismatch,
+        id="body-one-byte-changed",
+    ),
     pytest.param(BODY[:-1], webhook_token(), la.WebhookBodyMismatch, id="body-truncated"),
     pytest.param(BODY + b"\n", webhook_token(), la.WebhookBodyMismatch, id="body-trailing-newline"),
     pytest.param(b"", webhook_token(), la.WebhookBodyMismatch, id="body-empty"),
-    pytest.param(BODY, webhook_token(b'{"event":"room_finished"}'), la.WebhookBodyMismatch, id="sha256-of-another-body"),
+    pytest.param(
+        BODY,
+        webhook_token(b'{"event":"room_finished"}'),
+        la.WebhookBodyMismatch,
+        id="sha256-of-another-body",
+    ),
     # The claim is standard base64 with padding, exactly as LiveKit writes it.
-    pytest.param(BODY, webhook_token(sha256=body_sha256(BODY).rstrip("=")), la.MalformedToken, id="sha256-unpadded"),
+    pytest.param(
+        BODY,
+        webhook_token(sha256=body_sha256(BODY).rstrip("=")),
+        la.MalformedToken,
+        id="sha256-unpadded",
+    ),
     pytest.param(BODY, webhook_token(sha256=_URLSAFE), la.MalformedToken, id="sha256-url-safe"),
-    pytest.param(BODY, webhook_token(sha256=hashlib.sha256(BODY).hexdigest()), la.MalformedToken, id="sha256-hex"),
-    pytest.param(BODY, webhook_token(sha256=body_sha256(BODY)[:-4] + "===="), la.MalformedToken, id="sha256-truncated-then-padded"),
+    pytest.param(
+        BODY,
+        webhook_token(sha256=hashlib.sha256(BODY).hexdigest()),
+        la.MalformedToken,
+        id="sha256-hex",
+    ),
+    pytest.param(
+        BODY,
+        webhook_token(sha256=body_sha256(BODY)[:-4] + "===="),
+        la.MalformedToken,
+        id="sha256-truncated-then-padded",
+    ),
     # The token itself.
     pytest.param(BODY, webhook_token(now=NOW - 361), la.TokenExpired, id="token-expired"),
     pytest.param(BODY, webhook_token(now=NOW + 61), la.TokenNotYetValid, id="token-not-yet-valid"),
-    pytest.param(BODY, webhook_token(secret="not-the-secret"), la.BadSignature, id="token-wrong-secret"),
+    pytest.param(
+        BODY, webhook_token(secret="not-the-secret"), la.BadSignature, id="token-wrong-secret"
+    ),
     pytest.param(BODY, webhook_token()[:-3], la.BadSignature, id="token-signature-truncated"),
-    pytest.param(BODY, "Basic " + webhook_token(), la.MalformedToken, id="authorization-basic-scheme"),
+    pytest.param(
+        BODY, "Basic " + webhook_token(), la.MalformedToken, id="authorization-basic-scheme"
+    ),
     # The body, correctly signed, but not a webhook event.
     signed(b'{"event":"a","event":"b"}', la.MalformedWebhook, "body-duplicate-key"),
     signed(b'["event"]', la.MalformedWebhook, "body-array"),
@@ -174,14 +236,28 @@ BOTH_REJECT = [
     signed(b'{"event":"\\ud800"}', la.MalformedWebhook, "event-lone-surrogate"),
     signed(b'\xef\xbb\xbf{"event":"room_started"}', la.MalformedWebhook, "body-utf8-bom"),
     signed(b'{"event":"room_started",}', la.MalformedWebhook, "body-trailing-comma"),
-    signed(b'{"event":"room_started","n":' + b"9" * 5000 + b"}", la.MalformedWebhook, "body-5000-digit-integer"),
+    signed(
+        b'{"event":"room_started","n":' + b"9" * 5000 + b"}",
+        la.MalformedWebhook,
+        "body-5000-digit-integer",
+    ),
     # The top-level fields handlers read have the event's types.
     signed(b'{"event":"room_started","room":5}', la.MalformedWebhook, "room-int"),
-    signed(b'{"event":"egress_started","egressInfo":true}', la.MalformedWebhook, "egress-info-bool"),
+    signed(
+        b'{"event":"egress_started","egressInfo":true}', la.MalformedWebhook, "egress-info-bool"
+    ),
     signed(b'{"event":"room_started","id":7}', la.MalformedWebhook, "id-int"),
     # Nesting far past the recursion limit: MalformedWebhook, never RecursionError.
-    signed(b'{"event":"a","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}", la.MalformedWebhook, "body-100000-nested-arrays"),
-    signed(b'{"event":"a","x":' + b'{"a":' * 100_000 + b"1" + b"}" * 100_000 + b"}", la.MalformedWebhook, "body-100000-nested-objects"),
+    signed(
+        b'{"event":"a","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        la.MalformedWebhook,
+        "body-100000-nested-arrays",
+    ),
+    signed(
+        b'{"event":"a","x":' + b'{"a":' * 100_000 + b"1" + b"}" * 100_000 + b"}",
+        la.MalformedWebhook,
+        "body-100000-nested-objects",
+    ),
     signed(b"[" * 100_000, la.MalformedWebhook, "body-100000-unclosed-arrays"),
 ]
 
@@ -209,11 +285,27 @@ STRICTER = [
         la.MalformedToken,
         id="sha256-nonzero-trailing-bits",
     ),
-    pytest.param(BODY, webhook_token(sha256=_SHA + "="), la.MalformedToken, id="sha256-extra-padding"),
-    pytest.param(BODY, webhook_token(sha256=_SHA + "AAAA"), la.MalformedToken, id="sha256-data-after-padding"),
-    pytest.param(BODY, webhook_token(sha256=_SHA[:20] + "\n" + _SHA[20:]), la.MalformedToken, id="sha256-newline-inside"),
-    pytest.param(BODY, webhook_token(sha256=" " + _SHA), la.MalformedToken, id="sha256-leading-space"),
-    pytest.param(BODY, webhook_token(sha256=_SHA[:20] + "!" + _SHA[20:]), la.MalformedToken, id="sha256-stray-character"),
+    pytest.param(
+        BODY, webhook_token(sha256=_SHA + "="), la.MalformedToken, id="sha256-extra-padding"
+    ),
+    pytest.param(
+        BODY, webhook_token(sha256=_SHA + "AAAA"), la.MalformedToken, id="sha256-data-after-padding"
+    ),
+    pytest.param(
+        BODY,
+        webhook_token(sha256=_SHA[:20] + "\n" + _SHA[20:]),
+        la.MalformedToken,
+        id="sha256-newline-inside",
+    ),
+    pytest.param(
+        BODY, webhook_token(sha256=" " + _SHA), la.MalformedToken, id="sha256-leading-space"
+    ),
+    pytest.param(
+        BODY,
+        webhook_token(sha256=_SHA[:20] + "!" + _SHA[20:]),
+        la.MalformedToken,
+        id="sha256-stray-character",
+    ),
     # A webhook is an event: the SDK's protobuf parser fills defaults for
     # anything missing, so {} is an event with no name there.
     signed(b"{}", la.MalformedWebhook, "body-empty-object"),
@@ -223,12 +315,20 @@ STRICTER = [
     signed(b'{"event":""}', la.MalformedWebhook, "event-empty"),
     signed(b'{"event":null}', la.MalformedWebhook, "event-null"),
     # The SDK's protobuf reader (as installed) lets these message fields through.
-    signed(b'{"event":"participant_joined","participant":"alice"}', la.MalformedWebhook, "participant-string"),
+    signed(
+        b'{"event":"participant_joined","participant":"alice"}',
+        la.MalformedWebhook,
+        "participant-string",
+    ),
     signed(b'{"event":"track_published","track":[]}', la.MalformedWebhook, "track-list"),
     # Strict JSON: the SDK's json.loads reads NaN and Infinity, and 1e400 as infinity.
     signed(b'{"event":"room_started","x":NaN}', la.MalformedWebhook, "body-nan"),
     signed(b'{"event":"room_started","x":Infinity}', la.MalformedWebhook, "body-infinity"),
-    signed(b'{"event":"room_started","x":1e400}', la.MalformedWebhook, "body-float-overflowing-to-infinity"),
+    signed(
+        b'{"event":"room_started","x":1e400}',
+        la.MalformedWebhook,
+        "body-float-overflowing-to-infinity",
+    ),
 ]
 
 
@@ -246,14 +346,20 @@ OURS_ONLY = [
     pytest.param(BODY, None, la.MalformedToken, id="authorization-missing"),
     pytest.param(BODY, webhook_token().encode(), la.MalformedToken, id="authorization-bytes"),
     pytest.param(BODY, "Bearer ", la.MalformedToken, id="authorization-bearer-only"),
-    pytest.param(BODY, "Bearer  " + webhook_token(), la.MalformedToken, id="authorization-bearer-two-spaces"),
-    pytest.param(BODY, "Bearer" + webhook_token(), la.MalformedToken, id="authorization-bearer-no-space"),
+    pytest.param(
+        BODY, "Bearer  " + webhook_token(), la.MalformedToken, id="authorization-bearer-two-spaces"
+    ),
+    pytest.param(
+        BODY, "Bearer" + webhook_token(), la.MalformedToken, id="authorization-bearer-no-space"
+    ),
     pytest.param(BODY, " " + webhook_token(), la.MalformedToken, id="authorization-leading-space"),
     pytest.param(None, webhook_token(), la.MalformedWebhook, id="body-none"),
     pytest.param(1, webhook_token(), la.MalformedWebhook, id="body-int"),
     pytest.param(bytearray(BODY), webhook_token(), la.MalformedWebhook, id="body-bytearray"),
     pytest.param(memoryview(BODY), webhook_token(), la.MalformedWebhook, id="body-memoryview"),
-    pytest.param('{"event":"\ud800"}', webhook_token(), la.MalformedWebhook, id="body-str-lone-surrogate"),
+    pytest.param(
+        '{"event":"\ud800"}', webhook_token(), la.MalformedWebhook, id="body-str-lone-surrogate"
+    ),
     signed(b'{"event":"\xff"}', la.MalformedWebhook, "body-not-utf8"),
     signed('{"event":"room_started"}'.encode("utf-16"), la.MalformedWebhook, "body-utf16"),
 ]
@@ -280,28 +386,86 @@ def _signed_receive(body: bytes):
 
 _SHAPE = "body does not have the shape of a LiveKit event"
 MESSAGES = [
-    pytest.param(_receive(BODY, ""), la.MalformedToken, "Authorization is missing", id="authorization-empty"),
-    pytest.param(_receive(BODY, ACCESS_TOKEN), la.MalformedToken, "token has no sha256 claim: not a webhook token",
-                 id="access-token-without-sha256"),
-    pytest.param(_receive(BODY, webhook_token(sha256=_SHA.rstrip("="))), la.MalformedToken,
-                 "sha256 claim is not padded standard base64 of 32 bytes", id="sha256-unpadded"),
-    pytest.param(_receive('{"event":"\ud800"}', webhook_token()), la.MalformedWebhook, "body is not valid UTF-8",
-                 id="body-str-lone-surrogate"),
-    pytest.param(_receive(1, webhook_token()), la.MalformedWebhook, "body must be bytes", id="body-int"),
-    pytest.param(_receive(BODY[:-1], webhook_token()), la.WebhookBodyMismatch, "body does not match the signed sha256",
-                 id="body-truncated"),
-    pytest.param(_signed_receive(b'["event"]'), la.MalformedWebhook, "body is not a JSON object", id="body-array"),
-    pytest.param(_signed_receive(b'{"event":1}'), la.MalformedWebhook, 'body has no "event" string', id="event-int"),
-    pytest.param(_signed_receive(b'{"event":"room_started","id":7}'), la.MalformedWebhook, _SHAPE, id="id-int"),
+    pytest.param(
+        _receive(BODY, ""), la.MalformedToken, "Authorization is missing", id="authorization-empty"
+    ),
+    pytest.param(
+        _receive(BODY, ACCESS_TOKEN),
+        la.MalformedToken,
+        "token has no sha256 claim: not a webhook token",
+        id="access-token-without-sha256",
+    ),
+    pytest.param(
+        _receive(BODY, webhook_token(sha256=_SHA.rstrip("="))),
+        la.MalformedToken,
+        "sha256 claim is not padded standard base64 of 32 bytes",
+        id="sha256-unpadded",
+    ),
+    pytest.param(
+        _receive('{"event":"\ud800"}', webhook_token()),
+        la.MalformedWebhook,
+        "body is not valid UTF-8",
+        id="body-str-lone-surrogate",
+    ),
+    pytest.param(
+        _receive(1, webhook_token()), la.MalformedWebhook, "body must be bytes", id="body-int"
+    ),
+    pytest.param(
+        _receive(BODY[:-1], webhook_token()),
+        la.WebhookBodyMismatch,
+        "body does not match the signed sha256",
+        id="body-truncated",
+    ),
+    pytest.param(
+        _signed_receive(b'["event"]'),
+        la.MalformedWebhook,
+        "body is not a JSON object",
+        id="body-array",
+    ),
+    pytest.param(
+        _signed_receive(b'{"event":1}'),
+        la.MalformedWebhook,
+        'body has no "event" string',
+        id="event-int",
+    ),
+    pytest.param(
+        _signed_receive(b'{"event":"room_started","id":7}'),
+        la.MalformedWebhook,
+        _SHAPE,
+        id="id-int",
+    ),
     # One row per message field handlers read first: each is checked at the top level.
-    *(pytest.param(_signed_receive(b'{"event":"room_started","%s":[]}' % name.encode()), la.MalformedWebhook, _SHAPE,
-                   id=f"{name}-list")
-      for name in ("room", "participant", "track", "egressInfo", "ingressInfo", "job")),
-    pytest.param(lambda: la.WebhookEvent([]), la.MalformedWebhook, "event is not a JSON object", id="event-list"),
-    pytest.param(lambda: la.WebhookEvent({"event": "room_started", "room": {"name": 5}}).room.name,
-                 la.MalformedWebhook, "event field name has the wrong type", id="room-name-int"),
-    pytest.param(lambda: la.WebhookEvent({"event": "egress_ended", "egressInfo": {"roomName": 5}}).egress_info.room_name,
-                 la.MalformedWebhook, "event field roomName has the wrong type", id="egress-room-name-int"),
+    *(
+        pytest.param(
+            _signed_receive(b'{"event":"room_started","%s":[]}' % name.encode()),
+            la.MalformedWebhook,
+            _SHAPE,
+            id=f"{name}-list",
+        )
+        for name in ("room", "participant", "track", "egressInfo", "ingressInfo", "job")
+    ),
+    pytest.param(
+        lambda: la.WebhookEvent([]),
+        la.MalformedWebhook,
+        "event is not a JSON object",
+        id="event-list",
+    ),
+    pytest.param(
+        lambda: la.WebhookEvent({"event": "room_started", "room": {"name": 5}}).room.name,
+        la.MalformedWebhook,
+        "event field name has the wrong type",
+        id="room-name-int",
+    ),
+    pytest.param(
+        lambda: (
+            la.WebhookEvent(
+                {"event": "egress_ended", "egressInfo": {"roomName": 5}}
+            ).egress_info.room_name
+        ),
+        la.MalformedWebhook,
+        "event field roomName has the wrong type",
+        id="egress-room-name-int",
+    ),
 ]
 
 
@@ -352,14 +516,22 @@ def test_random_mutations_return_an_event_or_raise_livekit_auth_error():
         except la.LiveKitAuthError as error:
             outcomes[type(error).__name__] += 1
         except Exception as error:  # the contract is broken: show the case to reproduce it
-            pytest.fail(f"case {case}: {type(error).__name__}: {error} for {body!r:.200} {authorization!r:.200}")
+            pytest.fail(
+                f"case {case}: {type(error).__name__}: {error} for {body!r:.200} {authorization!r:.200}"
+            )
         else:
             assert type(event) is la.WebhookEvent and type(event.event) is str and event.event
             outcomes["ok"] += 1
     # Every stage must be reached, or the contract was barely tested.
     assert set(outcomes) == {
-        "ok", "MalformedToken", "BadSignature", "WrongIssuer", "TokenExpired", "TokenNotYetValid",
-        "WebhookBodyMismatch", "MalformedWebhook",
+        "ok",
+        "MalformedToken",
+        "BadSignature",
+        "WrongIssuer",
+        "TokenExpired",
+        "TokenNotYetValid",
+        "WebhookBodyMismatch",
+        "MalformedWebhook",
     }, outcomes
     assert min(outcomes.values()) >= 10, outcomes
 
@@ -375,7 +547,9 @@ def test_random_mutations_return_an_event_or_raise_livekit_auth_error():
     ],
     ids=["room-name-int", "created-at-not-a-number"],
 )
-def test_deep_event_fields_are_checked_when_read_where_the_sdk_parses_protobuf(body, read, monkeypatch):
+def test_deep_event_fields_are_checked_when_read_where_the_sdk_parses_protobuf(
+    body, read, monkeypatch
+):
     authorization = webhook_token(body)
     with pytest.raises(Exception):
         sdk_receive(body, authorization, monkeypatch)
@@ -392,17 +566,28 @@ def test_deep_event_fields_are_checked_when_read_where_the_sdk_parses_protobuf(b
 @pytest.mark.parametrize(
     "event, read, expected",
     [
-        pytest.param({"createdAt": "1735689600"}, lambda e: e.created_at, 1735689600, id="int64-as-string"),
-        pytest.param({"createdAt": 1735689600}, lambda e: e.created_at, 1735689600, id="int64-as-number"),
+        pytest.param(
+            {"createdAt": "1735689600"}, lambda e: e.created_at, 1735689600, id="int64-as-string"
+        ),
+        pytest.param(
+            {"createdAt": 1735689600}, lambda e: e.created_at, 1735689600, id="int64-as-number"
+        ),
         pytest.param({"createdAt": "-5"}, lambda e: e.created_at, -5, id="negative"),
-        pytest.param({"createdAt": "9" * 20}, lambda e: e.created_at, int("9" * 20), id="20-digits"),
+        pytest.param(
+            {"createdAt": "9" * 20}, lambda e: e.created_at, int("9" * 20), id="20-digits"
+        ),
         pytest.param({"createdAt": None}, lambda e: e.created_at, 0, id="null-is-the-default"),
         pytest.param({}, lambda e: e.created_at, 0, id="absent-int"),
         pytest.param({}, lambda e: e.id, "", id="absent-string"),
         pytest.param({}, lambda e: e.track.muted, False, id="absent-bool-in-absent-message"),
         pytest.param({}, lambda e: e.track.type, "AUDIO", id="absent-enum-is-value-0s-name"),
         pytest.param({}, lambda e: e.participant.attributes, {}, id="absent-map"),
-        pytest.param({}, lambda e: e.ingress_info.state.status, "ENDPOINT_INACTIVE", id="absent-nested-message"),
+        pytest.param(
+            {},
+            lambda e: e.ingress_info.state.status,
+            "ENDPOINT_INACTIVE",
+            id="absent-nested-message",
+        ),
         pytest.param({"room": None}, lambda e: e.room.to_dict(), {}, id="null-message"),
         pytest.param({"track": {"type": "VIDEO"}}, lambda e: e.track.type, "VIDEO", id="enum-name"),
         pytest.param({"track": {"muted": True}}, lambda e: e.track.muted, True, id="bool"),
@@ -420,26 +605,66 @@ def test_event_fields_read_as_protobuf_does(event, read, expected):
 
 
 @pytest.mark.parametrize(
+    "event, read, expected",
+    [
+        pytest.param(
+            {"room": {"num_participants": 3}}, lambda e: e.room.num_participants, 3, id="int"
+        ),
+        pytest.param({"created_at": "17"}, lambda e: e.created_at, 17, id="int64-as-string"),
+        pytest.param(
+            {"egress_info": {"room_name": "r"}}, lambda e: e.egress_info.room_name, "r", id="inner"
+        ),
+        pytest.param({"track": {"mime_type": "m"}}, lambda e: e.track.mime_type, "m", id="string"),
+        pytest.param(
+            {"room": {"num_participants": None}}, lambda e: e.room.num_participants, 0, id="null"
+        ),
+    ],
+)
+def test_fields_under_their_protobuf_names_read_as_the_sdk_reads_them(event, read, expected):
+    # protobuf's JSON reader takes a field's own name (snake_case) as well as its JSON name.
+    ours = read(la.WebhookEvent({"event": "room_started", **event}))
+    theirs = read(as_event({"event": "room_started", **event}))
+    assert (ours, type(ours)) == (theirs, type(theirs)) == (expected, type(expected))
+
+
+@pytest.mark.parametrize(
     "event, read",
     [
         pytest.param({"room": {"name": 5}}, lambda e: e.room.name, id="string-as-int"),
+        pytest.param(
+            {"room": {"num_participants": "x"}}, lambda e: e.room.num_participants, id="snake-case"
+        ),
         pytest.param({"id": ["EV_1"]}, lambda e: e.id, id="string-as-list"),
         pytest.param({"createdAt": 1.0}, lambda e: e.created_at, id="int-as-float"),
         pytest.param({"createdAt": True}, lambda e: e.created_at, id="int-as-bool"),
         pytest.param({"createdAt": "1_0"}, lambda e: e.created_at, id="int-string-with-underscore"),
         pytest.param({"createdAt": " 1"}, lambda e: e.created_at, id="int-string-with-space"),
         pytest.param({"createdAt": "+1"}, lambda e: e.created_at, id="int-string-with-plus"),
-        pytest.param({"createdAt": "\u0661"}, lambda e: e.created_at, id="int-string-non-ascii-digit"),
+        pytest.param(
+            {"createdAt": "\u0661"}, lambda e: e.created_at, id="int-string-non-ascii-digit"
+        ),
         pytest.param({"createdAt": "1.5"}, lambda e: e.created_at, id="int-string-fraction"),
         pytest.param({"createdAt": "9" * 21}, lambda e: e.created_at, id="int-string-21-digits"),
         pytest.param({"createdAt": ""}, lambda e: e.created_at, id="int-string-empty"),
         pytest.param({"track": {"muted": "false"}}, lambda e: e.track.muted, id="bool-as-string"),
         pytest.param({"track": {"muted": 0}}, lambda e: e.track.muted, id="bool-as-int"),
         pytest.param({"track": {"type": 1}}, lambda e: e.track.type, id="enum-as-number"),
-        pytest.param({"participant": {"attributes": {"a": 1}}}, lambda e: e.participant.attributes, id="map-int-value"),
-        pytest.param({"participant": {"attributes": []}}, lambda e: e.participant.attributes, id="map-as-list"),
-        pytest.param({"ingressInfo": {"state": []}}, lambda e: e.ingress_info.state, id="message-as-list"),
-        pytest.param({"ingressInfo": {"state": "s"}}, lambda e: e.ingress_info.state, id="message-as-string"),
+        pytest.param(
+            {"participant": {"attributes": {"a": 1}}},
+            lambda e: e.participant.attributes,
+            id="map-int-value",
+        ),
+        pytest.param(
+            {"participant": {"attributes": []}},
+            lambda e: e.participant.attributes,
+            id="map-as-list",
+        ),
+        pytest.param(
+            {"ingressInfo": {"state": []}}, lambda e: e.ingress_info.state, id="message-as-list"
+        ),
+        pytest.param(
+            {"ingressInfo": {"state": "s"}}, lambda e: e.ingress_info.state, id="message-as-string"
+        ),
     ],
 )
 def test_event_field_of_the_wrong_type_raises_malformed_webhook_when_read(event, read):
@@ -460,7 +685,9 @@ def test_webhook_event_gives_its_dict_back():
     event = la.WebhookEvent(data)
     assert event.to_dict() is data
     assert event.participant.to_dict() is data["participant"]
-    assert la.WebhookEvent(json.loads(json.dumps(event.to_dict()))).participant.joined_at == 1735689605
+    assert (
+        la.WebhookEvent(json.loads(json.dumps(event.to_dict()))).participant.joined_at == 1735689605
+    )
 
 
 def _read_every_field(message) -> int:
@@ -477,8 +704,20 @@ def _read_every_field(message) -> int:
 def test_random_field_values_read_or_raise_malformed_webhook():
     # The contract goes on past receive: a field read returns a value of its kind or raises MalformedWebhook.
     rng = random.Random(20250103)
-    seeds = [json.loads(v.body) for v in WEBHOOK_VECTORS] + [json.loads(body.values[0]) for body in BODIES]
-    names = ("room", "participant", "track", "egressInfo", "ingressInfo", "job", "createdAt", "id", "numDropped")
+    seeds = [json.loads(v.body) for v in WEBHOOK_VECTORS] + [
+        json.loads(body.values[0]) for body in BODIES
+    ]
+    names = (
+        "room",
+        "participant",
+        "track",
+        "egressInfo",
+        "ingressInfo",
+        "job",
+        "createdAt",
+        "id",
+        "numDropped",
+    )
     outcomes = collections.Counter()
     for _ in range(2000):
         event = rng.choice(seeds)

@@ -3,22 +3,30 @@
 //
 // POST /token takes {"roomName", "participantName"} and answers 200 {"token": jwt};
 // POST /webhook verifies a LiveKit webhook with the SDK's WebhookReceiver.
-// Run by `bench/run.py --frameworks` as `node bench/frameworks/express_app.js PORT`,
-// with LIVEKIT_API_KEY and LIVEKIT_API_SECRET in the environment. Not part of the server.
+// Run by `bench/run.py --frameworks` as `node bench/frameworks/express_app.js PORT [--access-log]`,
+// with LIVEKIT_API_KEY and LIVEKIT_API_SECRET in the environment. --access-log adds
+// morgan("combined"), one line per request on stdout. Not part of the server.
 "use strict";
 
 const express = require("express");
 const { AccessToken, WebhookReceiver } = require("livekit-server-sdk");
+const morgan = require("morgan");
 
 const API_KEY = process.env.LIVEKIT_API_KEY;
 const API_SECRET = process.env.LIVEKIT_API_SECRET;
 const port = Number(process.argv[2]);
-if (!API_KEY || !API_SECRET || !port) {
-  console.error("usage: LIVEKIT_API_KEY=... LIVEKIT_API_SECRET=... node express_app.js PORT");
+const options = process.argv.slice(3);
+const accessLog = options.length === 1 && options[0] === "--access-log";
+if (!API_KEY || !API_SECRET || !port || (options.length && !accessLog)) {
+  console.error("usage: LIVEKIT_API_KEY=... LIVEKIT_API_SECRET=... node express_app.js PORT [--access-log]");
   process.exit(2);
 }
 
 const app = express();
+if (accessLog) {
+  // The Apache combined format, the usual choice in production, to stdout.
+  app.use(morgan("combined"));
+}
 const receiver = new WebhookReceiver(API_KEY, API_SECRET);
 
 app.post("/token", express.json(), async (req, res) => {

@@ -5,9 +5,11 @@ and answers 200 {"token": jwt}; POST /webhook verifies a LiveKit webhook with
 the SDK's WebhookReceiver. Run by `bench/run.py --frameworks` as
 
     bench/.venv-frameworks/bin/python -m uvicorn fastapi_app:app --app-dir bench/frameworks \
-        --host 127.0.0.1 --port PORT --workers 1 [--loop uvloop --http httptools]
+        --host 127.0.0.1 --port PORT --workers 1 [--loop uvloop --http httptools] [--no-access-log]
 
-with LIVEKIT_API_KEY and LIVEKIT_API_SECRET in the environment. Not part of the server.
+with LIVEKIT_API_KEY and LIVEKIT_API_SECRET in the environment: with uvicorn's
+access log on, as by default (one line per request on stdout), and without. Not
+part of the server.
 """
 
 import os
