@@ -73,8 +73,8 @@ MAX_TOKEN_BODY_BYTES = 16 * 1024
 MAX_NAME_LENGTH = 256  # room names, identities and display names
 # LiveKit events carry a room and a participant or track: a few KiB.
 MAX_WEBHOOK_BODY_BYTES = 1024 * 1024
-# Standard-shape fields a deployment may let clients set; room_name and participant_identity always
-# are.
+# Standard-shape fields a deployment may let clients set (room_name and participant_identity:
+# always).
 OPTIONAL_CLIENT_FIELDS = (
     "participant_name",
     "participant_metadata",
@@ -96,8 +96,7 @@ class SettingsError(ValueError):
 
     def __init__(self, message: str, field: str = "") -> None:
         super().__init__(message)
-        # The Settings field at fault, so that load_settings can name the config.ini line it came
-        # from.
+        # The Settings field at fault: load_settings names the config.ini line it came from.
         self.field = field
 
 
@@ -157,8 +156,7 @@ def _setting(
     return dataclasses.field(default=default, repr=not secret, metadata=metadata)
 
 
-# LiveKit Server refuses secrets shorter than this; `livekit-server generate-keys` makes longer
-# ones.
+# LiveKit Server refuses shorter secrets; `livekit-server generate-keys` makes longer ones.
 MIN_SECRET_LENGTH = 32
 MAKE_A_SECRET = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))' makes one"
 
@@ -448,8 +446,7 @@ def _check_config_value(value: str, name: str) -> None:
 # --------------------------------------------------------------------------
 # 2. The core app: routing, JSON, CORS, /token in both shapes, /webhook verification
 
-# Path -> (methods, the App method that answers). OPTIONS (CORS preflight) is answered on every
-# route.
+# Path -> (methods, the App method that answers). OPTIONS (CORS preflight): on every route.
 ROUTES = {
     "/token": (("POST",), "token"),
     "/webhook": (("POST",), "webhook"),
@@ -542,8 +539,7 @@ class App:
         writes_own_line = ACCESS_LOG_FIELDS not in environ
         facts = environ.setdefault(ACCESS_LOG_FIELDS, {})
         if self.settings.trusted_proxies:
-            # As a proxy-fix middleware does: the rate limit and the access line name the same
-            # client.
+            # As a proxy-fix middleware does: the rate limit and access line name one client.
             environ["REMOTE_ADDR"] = client_address(environ, self.settings.trusted_proxies)
         try:
             status, value, headers = self.route(environ, path, method)
@@ -635,8 +631,8 @@ class App:
     def webhook(self, environ: dict) -> tuple:
         """POST /webhook: check that LiveKit signed this exact body, then deliver the event."""
         if self.settings.dev_mode and not _from_this_machine(environ):
-            # Anyone can sign with the public development key: only a LiveKit on this machine
-            # is believed.
+            # Anyone can sign with the public development key: only a LiveKit on this
+            # machine is believed.
             raise HTTPError(403, "In development mode, webhooks are taken only from this machine")
         if not environ.get("HTTP_AUTHORIZATION"):
             raise HTTPError(401, "Authorization header is required")
@@ -1151,8 +1147,8 @@ class _StrictHandler:
                 True,
             )
             try:
-                # RFC 9112 §2.2: empty lines before a request are ignored (some clients send CRLF
-                # after a body).
+                # RFC 9112 §2.2: empty lines before a request are ignored (some clients
+                # send CRLF after a body).
                 while self.rfile.peek(1)[:1] in (b"\r", b"\n"):
                     self.rfile.read(1)
                 if not self.rfile.peek(1):
@@ -1542,8 +1538,8 @@ def make_server(app: Callable, settings: Settings):
         RequestHandlerClass = Handler
 
         def server_bind(self) -> None:
-            # HTTPServer's looks the host's name up (getfqdn), which can stall start-up where DNS is
-            # slow.
+            # HTTPServer's looks the host's name up (getfqdn), which can stall start-up
+            # where DNS is slow.
             socketserver.TCPServer.server_bind(self)
             self.server_name, self.server_port = self.server_address[:2]
 
@@ -1851,8 +1847,8 @@ def __getattr__(name: str) -> App:
         # The WSGI server reports the exception as it will; this line says it in the log's own form.
         log.error("configuration error", extra={"fields": {"error": str(err)}})
         raise
-    # Kept, so every later `server.application` is this one app (one rate limiter, one dedupe
-    # memory).
+    # Kept, so that every later `server.application` is this one app (one rate limiter,
+    # one dedupe memory).
     globals()["application"] = app = make_app(settings)
     return app
 

@@ -117,9 +117,9 @@ def _message(
 
 
 # The fields handlers read most, of livekit-api 1.2's messages (livekit_webhook.proto,
-# livekit_models.proto, livekit_egress.proto, livekit_ingress.proto, livekit_agent.proto). An enum
-# reads as its name; its default is the name of its value 0. tests/test_parity.py checks each field
-# against the SDK.
+# livekit_models.proto, livekit_egress.proto, livekit_ingress.proto, livekit_agent.proto).
+# An enum reads as its name; its default is the name of its value 0. tests/test_parity.py
+# checks each field against the SDK.
 _Room = _message(
     "Room", "sid name metadata", "num_participants creation_time empty_timeout max_participants"
 )

@@ -2356,3 +2356,52 @@ def test_a_request_taken_off_the_socket_is_not_closed_to_make_room(start_server)
             closed = live.server.make_room()
         response, _ = read_response(sock)
     assert (closed, response.status) == (False, 200)
+
+
+def test_a_repeated_field_reaches_the_app_as_one_comma_separated_value(live):
+    # RFC 9110 §5.3: a field sent on several lines means its values joined by commas.
+    spy = SpyApp(live.server.app)
+    live.server.app = spy
+    headers = [
+        HOST,
+        ("X-Forwarded-For", "203.0.113.1"),
+        ("Accept", "a/b"),
+        ("x-forwarded-for", "10.0.0.2"),
+    ]
+    with live.connect() as sock:
+        sock.sendall(build("GET", "/healthz", headers))
+        assert read_response(sock)[0].status == 200
+    (environ,) = spy.environs
+    assert environ["HTTP_X_FORWARDED_FOR"] == "203.0.113.1, 10.0.0.2"
+    assert environ["HTTP_ACCEPT"] == "a/b"
+
+
+@pytest.mark.parametrize(
+    "version,connection,closed",
+    [
+        ("HTTP/1.1", "keep-alive, close", True),
+        ("HTTP/1.1", "Upgrade,Close", True),
+        ("HTTP/1.1", "keep-alive, upgrade", False),
+        ("HTTP/1.0", "te, keep-alive", False),
+        ("HTTP/1.0", "te", True),
+    ],
+    ids=[
+        "close-listed-second",
+        "close-without-space",
+        "no-close",
+        "keep-alive-listed-second",
+        "1.0-default",
+    ],
+)
+def test_connection_options_are_read_as_a_list(live, version, connection, closed):
+    with live.connect() as sock:
+        sock.sendall(build("GET", "/healthz", [HOST, ("Connection", connection)], version=version))
+        response, rest = read_response(sock)
+        assert response.status == 200
+        expected = ["close"] if closed else [] if version == "HTTP/1.1" else ["keep-alive"]
+        assert response.values("connection") == expected
+        if closed:
+            expect_closed(sock, rest)
+        else:
+            sock.sendall(HEALTHZ)
+            assert read_response(sock)[0].status == 200

@@ -1194,27 +1194,6 @@ def test_a_bad_value_from_the_environment_names_no_file(config):
     assert str(caught.value) == "server.port (SERVER_PORT) must be from 0 to 65535"
 
 
-@pytest.mark.parametrize(
-    "where,hint",
-    [
-        (lambda tmp: tmp, "give the path of a file, not a directory"),
-        (
-            lambda tmp: tmp / "missing" / "events.jsonl",
-            "create its directory, writable by this user",
-        ),
-    ],
-    ids=["directory", "missing-directory"],
-)
-def test_an_event_file_that_cannot_be_opened_gets_the_hint_for_its_error(tmp_path, where, hint):
-    path = str(where(tmp_path))
-    with pytest.raises(SettingsError) as caught:
-        check_startup(load_settings({**KEYS, "WEBHOOK_EVENT_FILE": path}))
-    assert str(caught.value).startswith(
-        f"webhook.event_file (WEBHOOK_EVENT_FILE) cannot be opened: {path}: "
-    )
-    assert str(caught.value).endswith(f" ({hint})")
-
-
 WSGI_REFUSAL = (
     "development mode (LiveKit's public development key, used when LIVEKIT_API_KEY and "
     "LIVEKIT_API_SECRET are not set) under a WSGI server needs "
