@@ -109,6 +109,12 @@ EQUIVALENT = {
         1,
     ): "where _CONTROL.search starts in a header line; byte 0 is a token character, checked by _FIELD_NAME.match "
     "on the line above",
+    (
+        "server.py",
+        "_StrictHandler.check_framing",
+        "constant: '' -> 'XXXX'",
+        0,
+    ): 'the Connection options read when the header is absent; "xxxx" is neither "close" nor "keep-alive"',
 }
 
 # Mutants that break every token, or every request: each must be killed, or the harness does not exercise mutants.
