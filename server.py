@@ -643,7 +643,11 @@ class App:
             event = WebhookEvent(self.receiver.read_event(body, claims))
             # What delivery reads, read now: a field of the wrong type is a 400, not a 500 later.
             room = event.room.name or event.egress_info.room_name or event.ingress_info.room_name
-            facts = {"event": event.event, "id": event.id, "room": room}
+            facts = {
+                "event": _shorten(event.event),
+                "id": _shorten(event.id),
+                "room": _shorten(room),
+            }
         except MalformedWebhook as err:
             raise HTTPError(400, str(err)) from None
         except LiveKitAuthError as err:  # fixed messages, never holding the token or the secret
@@ -654,11 +658,17 @@ class App:
         return 200, {"status": "ok"}, []
 
 
+# Headers that proxies add; nginx's plain proxy_pass adds none, so development mode must
+# not be put behind a proxy on this machine (README, "Development mode").
+_PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP", "HTTP_VIA")
+
+
 def _from_this_machine(environ: dict) -> bool:
     # A request through a proxy says too little of who sent it: a proxy on this machine would
     # make everyone look local, so a forwarded request is not from this machine.
-    if "HTTP_X_FORWARDED_FOR" in environ or "HTTP_FORWARDED" in environ:
-        return False
+    for header in _PROXY_HEADERS:
+        if header in environ:
+            return False
     return _is_loopback(environ.get("REMOTE_ADDR", ""))
 
 
@@ -1009,6 +1019,10 @@ class WebhookDelivery:
 # `connections` dict, `draining`, and the fields marked (lock) in _Connection.
 
 MAX_HEAD_BYTES = 16 * 1024
+# Past a deadline, reads still take what has already arrived for this long, and no longer.
+LATE_READS_SECONDS = 0.05
+# Blank lines skipped before a request (RFC 9112 §2.2: some clients send a CRLF after a body).
+MAX_BLANK_BYTES = 4
 # A connection waiting this long for a request may be closed to make room: a client
 # sends its request as soon as it has connected, and its next one soon after an answer.
 MAKE_ROOM_AFTER = 0.1
@@ -1056,9 +1070,17 @@ class _Connection(_RawReader):
         # (lock) Idle from the start, before its thread runs.
         self.idle_since: Optional[float] = time.monotonic()
         # The connection's own thread only: whether it waits for a request, the deadline of that
-        # wait or of the request, whether a request went unread (linger at close), and whether
-        # a read from the client failed or came too late (rather than the app failing).
-        self.waiting, self.deadline, self.unread, self.failed = False, math.inf, False, False
+        # wait or of the request (set_deadline), whether a request went unread (linger at
+        # close), and whether a read from the client failed or came too late (not the app).
+        self.waiting = False
+        self.unread = False
+        self.failed = False
+        self.set_deadline(math.inf)
+
+    def set_deadline(self, deadline: float) -> None:
+        self.deadline = deadline
+        # Since when reads have been past the deadline; None while they are not.
+        self.late_since: Optional[float] = None
 
     def peek(self) -> Optional[bytes]:
         """The next byte waiting on the socket, left there: b"" if the client closed; else None."""
@@ -1068,11 +1090,19 @@ class _Connection(_RawReader):
             return None if isinstance(err, BlockingIOError) else b""
 
     def readinto(self, buffer) -> int:
+        now = time.monotonic()
+        if now > self.deadline:
+            # Past it, short reads still take what has arrived, for LATE_READS_SECONDS: a thread
+            # that ran late serves a client that was on time, but a client that trickles
+            # bytes cannot stretch its request.
+            self.late_since = self.late_since or now
+            if now - self.late_since > LATE_READS_SECONDS:
+                self.failed = True
+                raise TimeoutError
         try:
-            # Each recv waits only for what is left before the deadline. Past it, a last short wait
-            # still takes what has arrived: a thread that ran late serves a client that was on time.
+            # Each recv waits only for what is left before the deadline (at least 1 ms).
             self.sock.setsockopt(
-                socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self.deadline - time.monotonic())
+                socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self.deadline - now)
             )
             if self.waiting and not self.wait_for_request():
                 return 0  # as if the client had closed: no new request starts
@@ -1142,15 +1172,14 @@ class _StrictHandler:
         """Requests, while the connection is kept alive and the next first byte comes in time."""
         self.close_connection = False
         while not self.close_connection:
-            self.conn.deadline, self.conn.waiting = (
-                time.monotonic() + self.server.idle_timeout,
-                True,
-            )
+            self.conn.set_deadline(time.monotonic() + self.server.idle_timeout)
+            self.conn.waiting = True
             try:
-                # RFC 9112 §2.2: empty lines before a request are ignored (some clients
-                # send CRLF after a body).
-                while self.rfile.peek(1)[:1] in (b"\r", b"\n"):
+                # A few blank bytes are skipped; more make a malformed request line (400).
+                skipped = 0
+                while skipped < MAX_BLANK_BYTES and self.rfile.peek(1)[:1] in (b"\r", b"\n"):
                     self.rfile.read(1)
+                    skipped += 1
                 if not self.rfile.peek(1):
                     return  # closed by the client, or to make room
             except OSError:  # silent too long, or reset
@@ -1161,7 +1190,7 @@ class _StrictHandler:
 
     def handle_one_request(self) -> None:
         started = time.monotonic()
-        self.conn.deadline = started + self.server.request_timeout
+        self.conn.set_deadline(started + self.server.request_timeout)
         self.conn.unread = True
         self.command = "-"
         self.path = "-"
@@ -1188,8 +1217,11 @@ class _StrictHandler:
             return
         if self.server.access_log:
             environ.setdefault("REQUEST_METHOD", self.command)
-            # The path as sent, never the query string: it may carry credentials.
+            # The path as sent, never the query string: it may carry credentials; nor a target
+            # that is not a path (an absolute URL may hold a user and password).
             path = self.path.partition("?")[0]
+            if not path.startswith("/") and path != "*":
+                path = "-"
             log.info("request", extra={"fields": access_fields(environ, path, status, started)})
 
     def read_head(self) -> None:
@@ -1710,9 +1742,12 @@ class _LogWriter:
             record.fields = {"dropped": dropped}
             self.handle(record)
         for handler, stream in self.streams.items():
+            # Under the handler's lock: a thread past the drain may still be writing to it.
+            handler.acquire()
             text = handler.stream.getvalue()
+            handler.stream = io.StringIO()
+            handler.release()
             if text:
-                handler.stream = io.StringIO()
                 with contextlib.suppress(OSError, ValueError):
                     stream.write(text)
                     stream.flush()
@@ -1721,9 +1756,9 @@ class _LogWriter:
         """Write out everything queued, waiting at most `timeout` for a stream that blocks."""
         self.queue.put(self._sentinel)
         self._thread.join(timeout)
-        if self._thread.is_alive():
-            return  # stuck writing to a stream nobody reads: what is still queued is lost
-        self.write_out()
+        # Stuck writing to a stream nobody reads: what is still queued is lost.
+        if not self._thread.is_alive():
+            self.write_out()
         for handler, stream in self.streams.items():
             handler.stream = stream
 
@@ -1741,8 +1776,10 @@ def _log_writer(grace: float):
         pass
 
     handlers = log.handlers[:]
-    if not handlers:
-        yield  # records go to the root logger's handlers, as the embedding code set them up
+    # No handlers of its own: records go to the root logger's, as the embedding code set them up.
+    # Another serve() running already: its log writer serves this one too.
+    if not handlers or isinstance(handlers[0], _RecordQueue):
+        yield
         return
     records = queue.SimpleQueue()
     intake = RecordQueue(records)
@@ -1752,7 +1789,8 @@ def _log_writer(grace: float):
     try:
         yield
     finally:
-        log.handlers = handlers
+        if log.handlers == [intake]:
+            log.handlers = handlers
         writer.finish(grace)
 
 

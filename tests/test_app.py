@@ -1579,8 +1579,17 @@ def test_access_log_off_the_app_writes_no_line(caplog):
         ({"X-Forwarded-For": ""}, True),
         ({"X-Forwarded-For": "127.0.0.1"}, False),
         ({"Forwarded": "for=127.0.0.1"}, False),
+        ({"X-Real-IP": "127.0.0.1"}, False),
+        ({"Via": "1.1 proxy"}, False),
     ],
-    ids=["garbage-from-trusted-proxy", "empty-from-trusted-proxy", "untrusted-proxy", "forwarded"],
+    ids=[
+        "garbage-from-trusted-proxy",
+        "empty-from-trusted-proxy",
+        "untrusted-proxy",
+        "forwarded",
+        "x-real-ip",
+        "via",
+    ],
 )
 def test_development_mode_refuses_a_webhook_that_came_through_a_proxy(headers, trusted):
     # A proxy on this machine would make every client look local.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import email.utils
 import errno
 import http.client
+import io
 import ipaddress
 import json
 import logging
@@ -2329,6 +2330,8 @@ def test_a_log_stream_that_never_drains_does_not_keep_serve_from_returning(monke
     # The drain's grace bounds the wait for the log writer too: serve() returns.
     thread.join(TIMEOUT / 2)
     assert not thread.is_alive()
+    # The handler writes to its own stream again, not to the writer's buffer.
+    assert handler.stream is stream
     stream.released.set()
 
 
@@ -2405,3 +2408,66 @@ def test_connection_options_are_read_as_a_list(live, version, connection, closed
         else:
             sock.sendall(HEALTHZ)
             assert read_response(sock)[0].status == 200
+
+
+def test_a_client_trickling_faster_than_a_read_wait_still_gets_408_at_the_deadline(live):
+    # Past the deadline, reads take what has arrived for LATE_READS_SECONDS and no longer: a
+    # byte every 2 ms must not keep the request going.
+    with live.connect() as sock:
+        data, elapsed = _trickle(
+            sock, b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ", b"a", every=0.002, limit=4.0
+        )
+        assert elapsed <= 1.0 + 0.8, elapsed
+        response, _ = read_response(sock, data)
+        assert (response.status, response.json()) == (408, {"errorMessage": "Request timed out"})
+
+
+def test_only_a_few_blank_bytes_are_skipped_before_a_request(live):
+    with live.connect() as sock:
+        sock.sendall(b"\r\n" + HEALTHZ)
+        response, rest = read_response(sock)
+        assert response.status == 200
+        # A flood of empty lines is no request: a malformed request line, not an endless wait.
+        sock.sendall(b"\r\n" * 50 + HEALTHZ)
+        response, rest = read_response(sock, rest)
+        assert (response.status, response.json()) == (
+            400,
+            {"errorMessage": "Malformed request line"},
+        )
+        expect_closed(sock, rest)
+
+
+def test_a_target_that_is_not_a_path_is_not_written_to_the_access_line(live, caplog):
+    with live.connect() as sock:
+        sock.sendall(
+            b"GET http://user:secret-password@example.com/healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+        )
+        response, _ = read_response(sock)
+    assert response.status == 400
+    assert wait_for(lambda: request_lines(caplog))
+    assert request_lines(caplog)[0]["path"] == "-"
+    assert "secret-password" not in caplog.text
+
+
+def test_two_servers_at_once_share_the_log_writer_and_leave_the_handlers_as_they_were(
+    monkeypatch, caplog
+):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(server.LogfmtFormatter())
+    monkeypatch.setattr(server.log, "handlers", [handler])
+    stops = [threading.Event(), threading.Event()]
+    settings = server.Settings(api_key=KEY, api_secret=SECRET, host="127.0.0.1", port=0)
+    first = run_serve_in_thread(settings, stops[0])
+    assert wait_for(lambda: isinstance(server.log.handlers[0], server._RecordQueue))
+    second = run_serve_in_thread(settings, stops[1])
+    assert wait_for(
+        lambda: len([r for r in log_records(caplog) if r.getMessage() == "listening"]) == 2
+    )
+    stops[0].set()
+    first.join(TIMEOUT)
+    stops[1].set()
+    second.join(TIMEOUT)
+    assert server.log.handlers == [handler] and handler.stream is stream
+    server.log.info("after both")
+    assert stream.getvalue().endswith('msg="after both"\n')
