@@ -2471,3 +2471,18 @@ def test_two_servers_at_once_share_the_log_writer_and_leave_the_handlers_as_they
     assert server.log.handlers == [handler] and handler.stream is stream
     server.log.info("after both")
     assert stream.getvalue().endswith('msg="after both"\n')
+
+
+def test_handlers_replaced_while_serving_are_left_as_they_are(monkeypatch, caplog):
+    # serve() puts the logger's handlers back only if they are still its own queue.
+    handler = logging.StreamHandler(io.StringIO())
+    monkeypatch.setattr(server.log, "handlers", [handler])
+    stop = threading.Event()
+    settings = server.Settings(api_key=KEY, api_secret=SECRET, host="127.0.0.1", port=0)
+    thread = run_serve_in_thread(settings, stop)
+    listening_port(caplog)
+    other = logging.StreamHandler(io.StringIO())
+    server.log.handlers = [other]
+    stop.set()
+    thread.join(TIMEOUT)
+    assert server.log.handlers == [other]
