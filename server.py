@@ -1058,9 +1058,10 @@ class _RawReader(io.RawIOBase):
 class _Connection(_RawReader):
     """A client connection: the raw stream under its handler's BufferedReader, and its state."""
 
-    # Every recv ends by `deadline`, so a slow client cannot stretch a request. While the
-    # thread waits for a request's first byte with nothing buffered, `idle_since` says
-    # since when, and the acceptor may close the connection to make room.
+    # Every recv ends by `deadline`, or LATE_READS_SECONDS after it for what has already
+    # arrived, so a slow client cannot stretch a request. While the thread waits for a
+    # request's first byte with nothing buffered, `idle_since` says since when, and the
+    # acceptor may close the connection to make room.
 
     def __init__(self, sock: socket.socket, server, over_limit: bool) -> None:
         # Blocking, even under socket.setdefaulttimeout(): peek() must never wait.
