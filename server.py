@@ -537,29 +537,13 @@ class App:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "")
         writes_own_line = ACCESS_LOG_FIELDS not in environ
-        facts = environ.setdefault(ACCESS_LOG_FIELDS, {})
+        environ.setdefault(ACCESS_LOG_FIELDS, {})
         if self.settings.trusted_proxies:
             # As a proxy-fix middleware does: the rate limit and access line name one client.
             environ["REMOTE_ADDR"] = client_address(environ, self.settings.trusted_proxies)
-        try:
-            status, value, headers = self.route(environ, path, method)
-        except HTTPError as err:
-            status = err.status
-            value = {"errorMessage": err.message}
-            headers = list(err.headers)
-            facts["reason"] = err.message
-        except OSError:
-            raise  # the client stalled or left while its body was read: the WSGI server's business
-        except Exception as err:
-            log.error("unexpected error", extra={"fields": {"error": type(err).__name__}})
-            status, value, headers = 500, {"errorMessage": "Internal server error"}, []
+        status, value, headers = self.answer(environ, path, method)
         headers += self.headers
-        if self.settings.allowed_origins != {"*"}:
-            # An exact match against the list, never a pattern (starlette #800).
-            origin = environ.get("HTTP_ORIGIN")
-            if origin in self.settings.allowed_origins:
-                headers.append(("Access-Control-Allow-Origin", origin))
-            headers.append(("Vary", "Origin"))
+        headers += self.origin_headers(environ)
         if writes_own_line and self.settings.access_log:
             fields = access_fields(environ, path, status, started)
             log.info("request", extra={"fields": fields})
@@ -570,8 +554,33 @@ class App:
         status_line, headers, body = json_answer(status, value, headers)
         start_response(status_line, headers)
         if method == "HEAD":
+            # Not every WSGI server leaves out a HEAD answer's body (wsgiref sends it).
             return [b""]
         return [body]
+
+    def answer(self, environ: dict, path: str, method: str) -> tuple:
+        """(status, a JSON value, headers): the route's answer, or the error's."""
+        try:
+            return self.route(environ, path, method)
+        except HTTPError as err:
+            environ[ACCESS_LOG_FIELDS]["reason"] = err.message
+            return err.status, {"errorMessage": err.message}, list(err.headers)
+        except OSError:
+            # The client stalled or left while its body was read: the WSGI server's business.
+            raise
+        except Exception as err:
+            log.error("unexpected error", extra={"fields": {"error": type(err).__name__}})
+            return 500, {"errorMessage": "Internal server error"}, []
+
+    def origin_headers(self, environ: dict) -> list:
+        """CORS headers for a list of allowed origins (for "*", they are in self.headers)."""
+        if self.settings.allowed_origins == {"*"}:
+            return []
+        # An exact match against the list, never a pattern (starlette #800).
+        origin = environ.get("HTTP_ORIGIN")
+        if origin in self.settings.allowed_origins:
+            return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+        return [("Vary", "Origin")]
 
     def route(self, environ: dict, path: str, method: str) -> tuple:
         """(status, a JSON value, extra headers), or HTTPError."""
@@ -1348,7 +1357,9 @@ class _StrictHandler:
         if self.conn.unread or self.server.draining:
             self.close_connection = True
         if self.command == "HEAD":
-            chunks = b""  # RFC 9110 §9.3.2
+            # RFC 9110 §9.3.2. The app strips its own too, for hosts that do not (wsgiref);
+            # this is for any other app.
+            chunks = b""
         self.send(status, headers, chunks)
         return int(status[:3])
 
@@ -1866,9 +1877,8 @@ def main(argv: Optional[list] = None) -> int:
     except SettingsError as err:
         log.error("configuration error", extra={"fields": {"error": str(err)}})
         return 2
-    except (
-        OSError
-    ) as err:  # the port is taken or not allowed: that may pass, so not a configuration error
+    except OSError as err:
+        # The port is taken or not allowed: that may pass, so not a configuration error.
         log.error("cannot listen", extra={"fields": {"port": settings.port, "error": err.strerror}})
         return 1
     return 0

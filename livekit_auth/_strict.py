@@ -93,9 +93,8 @@ def loads_object(data: bytes) -> dict:
         raise ValueError("has an unpaired surrogate") from None
     except _Refused as refused:
         raise ValueError(str(refused)) from None
-    except (
-        ValueError
-    ):  # JSONDecodeError, and int() of more than sys.get_int_max_str_digits() digits
+    except ValueError:
+        # JSONDecodeError, and int() of more than sys.get_int_max_str_digits() digits.
         raise ValueError("is not valid JSON") from None
     if type(value) is not dict:
         raise ValueError("is not a JSON object")

@@ -48,19 +48,11 @@ VIDEO_WIRE_NAMES = {
 }
 
 
-# (type, None allowed) for each annotation, a string under `from __future__ import annotations`.
-_TYPES = {
-    "bool": (bool, False),
-    "str": (str, False),
-    "Optional[bool]": (bool, True),
-    "Optional[str]": (str, True),
-    "Optional[List[str]]": (list, True),
-}
+# What a grant field holds where it is not a bool. None is allowed where it is the default.
+_GRANT_KINDS = {"room": str, "destination_room": str, "can_publish_sources": list}
 
 
-def _has_type(value: object, kind: type, optional: bool) -> bool:
-    if value is None:
-        return optional
+def _has_kind(value: object, kind: type) -> bool:
     if kind is list:
         # A list of strings; a tuple of strings too, which the SDK also writes as a JSON array.
         return type(value) in (list, tuple) and all(type(item) is str for item in value)
@@ -68,12 +60,13 @@ def _has_type(value: object, kind: type, optional: bool) -> bool:
 
 
 def _check_fields(grants: object) -> None:
-    """Check each field's type exactly (True is not a str); None only where Optional."""
-    # The dataclass's fields, in order.
-    for name, annotation in type(grants).__annotations__.items():
-        kind, optional = _TYPES[annotation]
-        if not _has_type(getattr(grants, name), kind, optional):
-            raise ValueError(f"grant field {name} has the wrong type")
+    """Check each field's type exactly (True is not a str); None only where it is the default."""
+    for field in dataclasses.fields(grants):
+        value = getattr(grants, field.name)
+        if value is None and field.default is None:
+            continue
+        if not _has_kind(value, _GRANT_KINDS.get(field.name, bool)):
+            raise ValueError(f"grant field {field.name} has the wrong type")
 
 
 # Grants are mutable, as the SDK's: checked when built, and again by to_wire when a token is signed.

@@ -10,7 +10,7 @@ from typing import Callable, Mapping, Optional
 from ._strict import b64url_decode, loads_object
 from .errors import BadSignature, MalformedToken, TokenExpired, TokenNotYetValid, WrongIssuer
 from .tokens import Claims, SIPGrants, VideoGrants
-from .webhook import _Message, _message
+from .webhook import _Field, _Message
 
 # LiveKit's own leeway for clock skew between the token's minter and its reader.
 DEFAULT_LEEWAY = datetime.timedelta(minutes=1)
@@ -45,22 +45,27 @@ class _ClaimMessage(_Message):
 
 # livekit-api 1.2's RoomConfiguration (livekit_room.proto; egress only in to_dict()) and its
 # RoomAgentDispatch (livekit_agent_dispatch.proto), read by attribute as WebhookEvent is.
-_RoomAgentDispatch = _message(
-    "RoomAgentDispatch",
-    "agent_name metadata deployment",
-    base=_ClaimMessage,
-    restart_policy="JRP_ON_FAILURE",
-    attributes=dict,
-)
-_RoomConfiguration = _message(
-    "RoomConfiguration",
-    "name metadata",
-    "empty_timeout departure_timeout max_participants min_playout_delay max_playout_delay",
-    base=_ClaimMessage,
-    sync_streams=False,
-    agents=[_RoomAgentDispatch],
-    tags=dict,
-)
+
+
+class RoomAgentDispatch(_ClaimMessage):
+    agent_name = _Field(str)
+    metadata = _Field(str)
+    deployment = _Field(str)
+    restart_policy = _Field(str, "JRP_ON_FAILURE")
+    attributes = _Field(dict)
+
+
+class RoomConfiguration(_ClaimMessage):
+    name = _Field(str)
+    metadata = _Field(str)
+    empty_timeout = _Field(int)
+    departure_timeout = _Field(int)
+    max_participants = _Field(int)
+    min_playout_delay = _Field(int)
+    max_playout_delay = _Field(int)
+    sync_streams = _Field(bool)
+    agents = _Field(list, item=RoomAgentDispatch)
+    tags = _Field(dict)
 
 
 def _numeric_date(payload: dict, name: str) -> Optional[int]:
@@ -193,7 +198,7 @@ class TokenVerifier:
         if room_config is not None and type(room_config) is not dict:
             raise MalformedToken("roomConfig claim must be an object")
         # As the SDK: None when absent or empty, else read by attribute (fields checked when read).
-        room_config = _RoomConfiguration(room_config) if room_config else None
+        room_config = RoomConfiguration(room_config) if room_config else None
         # Grant claims are objects, as the SDK requires: video and sip, when present, are dicts.
         for name in _GRANT_CLAIMS:
             value = payload.get(name, {})

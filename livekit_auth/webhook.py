@@ -52,129 +52,168 @@ class _Message:
         return type(other) is type(self) and other._data == self._data
 
 
-def _absent(default: object) -> object:
-    """What an absent (or null) field reads as, as protobuf reads it."""
-    if type(default) is list:
-        return []
-    if isinstance(default, type):
-        return default({})
-    return default
+def _is_int64(value: object) -> bool:
+    # protobuf-JSON writes int64 as a string, and reads a number too.
+    if type(value) is str:
+        return _INTEGER.fullmatch(value) is not None
+    return type(value) is int
 
 
-def _convert(value: object, default: object) -> object:
-    """`value` read as the kind `default` gives, or _WRONG_TYPE."""
-    if type(default) is list:
-        # [a message class]: a repeated field of that message.
-        if type(value) is list and all(type(item) is dict for item in value):
-            return [default[0](item) for item in value]
-    elif default is dict:
-        # A map of strings to strings.
-        if type(value) is dict and all(type(v) is str for v in value.values()):
-            return dict(value)
-    elif isinstance(default, type):
-        # A message class.
-        if type(value) is dict:
-            return default(value)
-    elif type(default) is int:
-        if type(value) is int or type(value) is str and _INTEGER.fullmatch(value):
-            return int(value)
-    elif type(value) is type(default):
-        # A string, an enum's name, or a bool.
-        return value
-    return _WRONG_TYPE
+def _is_string_map(value: object) -> bool:
+    return type(value) is dict and all(type(item) is str for item in value.values())
 
 
-_WRONG_TYPE = object()
+def _is_list_of_objects(value: object) -> bool:
+    return type(value) is list and all(type(item) is dict for item in value)
 
 
-def _field(name: str, default: object) -> property:
-    """Reads field `name` by its JSON name; `default`: what an absent one reads as, and its kind."""
-    first, *rest = name.split("_")
-    # protobuf's JSON name: lowerCamelCase.
-    wire = first + "".join(word.title() for word in rest)
+class _Field:
+    """A field of a message, read by attribute from the JSON as protobuf reads it."""
 
-    def read(message: _Message) -> object:
-        value = message._data.get(wire)
+    # kind: str, int (int64 too), bool, dict (a map of strings), a message class, or list
+    # (repeated, of the message class `item`). An enum is a str, read as its name; its
+    # `default` is the name of its value 0. Absent or null, a field reads as its default.
+
+    def __init__(self, kind: type, default: object = None, item: Optional[type] = None) -> None:
+        self.kind = kind
+        self.default = default
+        self.item = item
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+        # protobuf's JSON name: lowerCamelCase.
+        first, *rest = name.split("_")
+        self.wire = first + "".join(word.title() for word in rest)
+
+    def __get__(self, message: Optional[_Message], owner: type) -> object:
+        if message is None:
+            return self
+        value = message._data.get(self.wire)
         if value is None:
             # protobuf also reads a field by its own name (snake_case).
-            value = message._data.get(name)
+            value = message._data.get(self.name)
         if value is None:
-            return _absent(default)
-        converted = _convert(value, default)
-        if converted is _WRONG_TYPE:
-            raise message._error_class(f"{message._source} field {wire} has the wrong type")
-        return converted
+            return self.absent()
+        if not self.has_kind(value):
+            raise message._error_class(f"{message._source} field {self.wire} has the wrong type")
+        if self.kind is list:
+            return [self.item(item) for item in value]
+        if self.kind in (int, dict) or issubclass(self.kind, _Message):
+            return self.kind(value)
+        return value
 
-    return property(read)
+    def absent(self) -> object:
+        if self.default is not None:
+            return self.default
+        if issubclass(self.kind, _Message):
+            return self.kind({})
+        return self.kind()
 
-
-def _message(
-    name: str, strings: str = "", ints: str = "", base: type = _Message, **others: object
-) -> type:
-    """A subclass of `base` with these fields: strings, ints, and others with their defaults."""
-    fields = {**dict.fromkeys(strings.split(), ""), **dict.fromkeys(ints.split(), 0), **others}
-    return type(name, (base,), {attr: _field(attr, default) for attr, default in fields.items()})
+    def has_kind(self, value: object) -> bool:
+        if self.kind is int:
+            return _is_int64(value)
+        if self.kind is dict:
+            return _is_string_map(value)
+        if self.kind is list:
+            return _is_list_of_objects(value)
+        if issubclass(self.kind, _Message):
+            return type(value) is dict
+        return type(value) is self.kind
 
 
 # The fields handlers read most, of livekit-api 1.2's messages (livekit_webhook.proto,
 # livekit_models.proto, livekit_egress.proto, livekit_ingress.proto, livekit_agent.proto).
-# An enum reads as its name; its default is the name of its value 0. tests/test_parity.py
-# checks each field against the SDK.
-_Room = _message(
-    "Room", "sid name metadata", "num_participants creation_time empty_timeout max_participants"
-)
-_ParticipantInfo = _message(
-    "ParticipantInfo",
-    "sid identity name metadata",
-    "joined_at",
-    state="JOINING",
-    kind="STANDARD",
-    attributes=dict,
-)
-_TrackInfo = _message(
-    "TrackInfo", "sid name mime_type", "width height", muted=False, type="AUDIO", source="UNKNOWN"
-)
-_EgressInfo = _message(
-    "EgressInfo",
-    "egress_id room_id room_name error",
-    "started_at ended_at",
-    status="EGRESS_STARTING",
-)
-_IngressInfo = _message(
-    "IngressInfo",
-    "ingress_id name stream_key url room_name participant_identity participant_name",
-    input_type="RTMP_INPUT",
-    state=_message("IngressState", status="ENDPOINT_INACTIVE"),
-)
-_EVENT = _message(
-    "WebhookEvent",
-    "event id",
-    "created_at num_dropped",
-    room=_Room,
-    participant=_ParticipantInfo,
-    track=_TrackInfo,
-    egress_info=_EgressInfo,
-    ingress_info=_IngressInfo,
-    job=_message("Job", "id agent_name", type="JT_ROOM"),
-)
+# tests/test_parity.py checks each field against the SDK.
 
 
-class WebhookEvent(_EVENT):
-    """A webhook event read by attribute, with the SDK's snake_case names: event.room.name,
-    event.created_at.
+class Room(_Message):
+    sid = _Field(str)
+    name = _Field(str)
+    metadata = _Field(str)
+    num_participants = _Field(int)
+    creation_time = _Field(int)
+    empty_timeout = _Field(int)
+    max_participants = _Field(int)
+
+
+class ParticipantInfo(_Message):
+    sid = _Field(str)
+    identity = _Field(str)
+    name = _Field(str)
+    metadata = _Field(str)
+    joined_at = _Field(int)
+    state = _Field(str, "JOINING")
+    kind = _Field(str, "STANDARD")
+    attributes = _Field(dict)
+
+
+class TrackInfo(_Message):
+    sid = _Field(str)
+    name = _Field(str)
+    mime_type = _Field(str)
+    width = _Field(int)
+    height = _Field(int)
+    muted = _Field(bool)
+    type = _Field(str, "AUDIO")
+    source = _Field(str, "UNKNOWN")
+
+
+class EgressInfo(_Message):
+    egress_id = _Field(str)
+    room_id = _Field(str)
+    room_name = _Field(str)
+    error = _Field(str)
+    started_at = _Field(int)
+    ended_at = _Field(int)
+    status = _Field(str, "EGRESS_STARTING")
+
+
+class IngressState(_Message):
+    status = _Field(str, "ENDPOINT_INACTIVE")
+
+
+class IngressInfo(_Message):
+    ingress_id = _Field(str)
+    name = _Field(str)
+    stream_key = _Field(str)
+    url = _Field(str)
+    room_name = _Field(str)
+    participant_identity = _Field(str)
+    participant_name = _Field(str)
+    input_type = _Field(str, "RTMP_INPUT")
+    state = _Field(IngressState)
+
+
+class Job(_Message):
+    id = _Field(str)
+    agent_name = _Field(str)
+    type = _Field(str, "JT_ROOM")
+
+
+class WebhookEvent(_Message):
+    """A webhook event read by attribute, with the SDK's names: event.room.name, event.created_at.
 
     WebhookEvent(data) reads a parsed event (read_event's dict, or a stored to_dict()); to_dict()
     gives it back. As in protobuf, absent fields and messages read as their defaults ("", 0, False,
     {}, an empty message) and int64 strings as int; an enum reads as its name ("VIDEO") where the
-    SDK gives its number. Only the fields in the tables above are attributes (to_dict() has all); a
+    SDK gives its number. Only the fields declared in these classes are attributes (to_dict() has all); a
     value of the wrong type raises MalformedWebhook.
     """
 
+    event = _Field(str)
+    id = _Field(str)
+    created_at = _Field(int)
+    num_dropped = _Field(int)
+    room = _Field(Room)
+    participant = _Field(ParticipantInfo)
+    track = _Field(TrackInfo)
+    egress_info = _Field(EgressInfo)
+    ingress_info = _Field(IngressInfo)
+    job = _Field(Job)
+
 
 class WebhookReceiver:
-    """Checks that a webhook request was signed by LiveKit and returns its event (the SDK's
-    receive).
-    """
+    """Checks that LiveKit signed a webhook request, and reads its event (the SDK's receive)."""
 
     def __init__(self, verifier: TokenVerifier) -> None:
         self._verifier = verifier
@@ -182,20 +221,16 @@ class WebhookReceiver:
     def receive(
         self, body: Union[bytes, str], auth_token: str, *, now: Optional[float] = None
     ) -> WebhookEvent:
-        """Verify a webhook request and return its event; for any input, raises only
-        LiveKitAuthError subclasses.
-        """
+        """The event of a verified webhook request; raises only LiveKitAuthError subclasses."""
         # The steps are the public ones: authorize(auth_token), read_event(), WebhookEvent.
         return WebhookEvent(self.read_event(body, self.authorize(auth_token, now=now)))
 
     def authorize(self, authorization: str, *, now: Optional[float] = None) -> Claims:
-        """Verify a webhook's Authorization header alone, so a server can refuse before reading the
-        body.
+        """The claims of Authorization alone, so that a server can refuse before it reads the body.
 
-        `authorization` is the bare JWT LiveKit sends, or the same with a "Bearer " prefix (which
-        the SDK refuses). The token must verify (see TokenVerifier.verify) and carry a sha256 claim
-        in padded standard base64; a token without one is never a webhook, or any access token would
-        pass.
+        `authorization`: the bare JWT LiveKit sends, or with a "Bearer " prefix (the SDK refuses
+        that). The token must verify (TokenVerifier.verify) and carry a sha256 claim in padded
+        standard base64: without one, any access token would pass as a webhook.
         """
         if type(authorization) is not str or not authorization:
             raise MalformedToken("Authorization is missing")
@@ -238,9 +273,7 @@ class WebhookReceiver:
 
 
 def _signed_digest(claims: Claims) -> bytes:
-    """The body digest a webhook token signs. Raises MalformedToken if it has none, or a malformed
-    one.
-    """
+    """The body digest a webhook token signs; MalformedToken if it has none or a malformed one."""
     if not claims.sha256:
         raise MalformedToken("token has no sha256 claim: not a webhook token")
     if not _SHA256_BASE64.fullmatch(claims.sha256):

@@ -259,7 +259,9 @@ def test_a_sparse_event_reads_as_protobufs_defaults(clock):
 
 def our_fields(message) -> list:
     return [
-        name for name in dir(type(message)) if isinstance(getattr(type(message), name), property)
+        name
+        for name in dir(type(message))
+        if isinstance(getattr(type(message), name), la.webhook._Field)
     ]
 
 

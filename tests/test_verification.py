@@ -1029,7 +1029,7 @@ def read_every_field(message) -> int:
     """Read each attribute of a message and of the messages in it and in its lists; returns how many."""
     count = 0
     for name in dir(type(message)):
-        if isinstance(getattr(type(message), name), property):
+        if isinstance(getattr(type(message), name), la.webhook._Field):
             value = getattr(message, name)
             items = value if type(value) is list else [value]
             for item in items:

@@ -694,7 +694,7 @@ def _read_every_field(message) -> int:
     """Read each attribute of an event, and of the messages in it; returns how many were read."""
     count = 0
     for name in dir(type(message)):
-        if isinstance(getattr(type(message), name), property):
+        if isinstance(getattr(type(message), name), la.webhook._Field):
             value = getattr(message, name)
             assert type(value) in (str, int, bool, dict) or isinstance(value, la.webhook._Message)
             count += 1 if type(value) in (str, int, bool, dict) else _read_every_field(value)
