@@ -134,9 +134,10 @@ def _list_or_none(text: str, name: str) -> frozenset:
 def _list(text: str, name: str) -> frozenset:
     # Set but empty is a template that did not fill in: for secrets, keys, rooms,
     # origins and sources, "nothing" would quietly mean "anyone" or "anything".
-    if not _list_or_none(text, name):
+    words = _list_or_none(text, name)
+    if not words:
         raise SettingsError(f"{name} is set but lists nothing; remove it to get the default")
-    return _list_or_none(text, name)
+    return words
 
 
 def _networks(text: str, name: str) -> tuple:
@@ -347,11 +348,11 @@ def load_settings(environ: Mapping[str, str], config_path: Optional[str] = None)
             values[field] = (env, environ[env], "")
     parsers = {field.name: field.metadata.get("parse") for field in dataclasses.fields(Settings)}
     parsed = {}
-    try:
-        for field, (name, text, _) in values.items():
+    for field, (name, text, where) in values.items():
+        try:
             parsed[field] = parsers[field](text.strip(), name)
-    except SettingsError as err:
-        raise SettingsError(f"{values[field][2]}{err}") from None
+        except SettingsError as err:
+            raise SettingsError(f"{where}{err}") from None
     for present, missing in (("api_key", "api_secret"), ("api_secret", "api_key")):
         if present in parsed and missing not in parsed:
             where = values[present][2]
@@ -1386,18 +1387,8 @@ class _StrictHandler:
             headers = [*headers, ("Content-Length", str(len(chunks)))]
         return status, headers, chunks
 
-    # (second, Date value): one value a second. Any connection's thread may replace it; two that
-    # do so at once write the same value.
-    date_now = (0, "")
-
-    def http_date(self) -> str:
-        second = int(time.time())
-        if self.date_now[0] != second:
-            _StrictHandler.date_now = (second, self.date_time_string(second))
-        return _StrictHandler.date_now[1]
-
     def send(self, status: str, headers: list, body: bytes) -> None:
-        head = [f"HTTP/1.1 {status}", f"Date: {self.http_date()}"]
+        head = [f"HTTP/1.1 {status}", f"Date: {self.date_time_string()}"]
         head += [f"{name}: {value}" for name, value in headers]
         if self.close_connection:
             head.append("Connection: close")
@@ -1523,20 +1514,25 @@ class _BoundedServer:
         with self.connections_lock:
             conn = self.connections.get(request)
         if conn is not None and conn.unread:
-            deadline, swallowed = time.monotonic() + LINGER_SECONDS, 0
             with contextlib.suppress(OSError):
-                request.shutdown(socket.SHUT_WR)
-                while swallowed < MAX_LINGER_BYTES and time.monotonic() < deadline:
-                    request.setsockopt(
-                        socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(deadline - time.monotonic())
-                    )
-                    data = request.recv(65536)
-                    # b"": the client has closed.
-                    swallowed += len(data) if data else MAX_LINGER_BYTES
+                self.linger(request)
         super().shutdown_request(request)
         with self.connections_lock:
             self.connections.pop(request, None)
             self.room_freed.notify_all()
+
+    def linger(self, request: socket.socket) -> None:
+        """Swallow what the client still sends, for LINGER_SECONDS or MAX_LINGER_BYTES at most."""
+        request.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER_SECONDS
+        swallowed = 0
+        while swallowed < MAX_LINGER_BYTES and time.monotonic() < deadline:
+            timeout = _timeval(deadline - time.monotonic())
+            request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
+            data = request.recv(65536)
+            if not data:
+                return  # the client has closed
+            swallowed += len(data)
 
     def handle_error(self, request, client_address) -> None:
         # socketserver would print a traceback of whatever escaped the handler.

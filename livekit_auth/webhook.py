@@ -98,9 +98,9 @@ class _Field:
             raise message._error_class(f"{message._source} field {self.wire} has the wrong type")
         if self.kind is list:
             return [self.item(item) for item in value]
-        if self.kind in (int, dict) or issubclass(self.kind, _Message):
-            return self.kind(value)
-        return value
+        # int() reads an int64 string, dict() copies a map, a message class wraps its object;
+        # str() and bool() give back the value they are given.
+        return self.kind(value)
 
     def absent(self) -> object:
         if self.default is not None:
@@ -196,8 +196,8 @@ class WebhookEvent(_Message):
     WebhookEvent(data) reads a parsed event (read_event's dict, or a stored to_dict()); to_dict()
     gives it back. As in protobuf, absent fields and messages read as their defaults ("", 0, False,
     {}, an empty message) and int64 strings as int; an enum reads as its name ("VIDEO") where the
-    SDK gives its number. Only the fields declared in these classes are attributes (to_dict() has all); a
-    value of the wrong type raises MalformedWebhook.
+    SDK gives its number. Only the fields declared in these classes are attributes (to_dict() has
+    all); a value of the wrong type raises MalformedWebhook.
     """
 
     event = _Field(str)
