@@ -203,17 +203,17 @@ def test_the_checks_catch_what_is_missing():
     text = """
 | Property | Enforced by | Tests that fail without it |
 |---|---|---|
-| exists | `server.py:TokenPolicy.admit` | `tests/test_policy.py::test_rate_key` |
-| no such method | `server.py:TokenPolicy.no_such_method` | `tests/test_policy.py::test_rate_key` |
-| imported, not defined there | `server.py:AccessToken` | `tests/test_policy.py::test_rate_key` |
-| no such module | `livekit_auth/no_such_module.py:verify` | `tests/test_policy.py::test_rate_key` |
+| exists | `server.py:TokenPolicy.admit` | `tests/test_token_policy.py::test_rate_key` |
+| no such method | `server.py:TokenPolicy.no_such_method` | `tests/test_token_policy.py::test_rate_key` |
+| imported, not defined there | `server.py:AccessToken` | `tests/test_token_policy.py::test_rate_key` |
+| no such module | `livekit_auth/no_such_module.py:verify` | `tests/test_token_policy.py::test_rate_key` |
 | no such test | `server.py:read_body` | `tests/test_app.py::test_no_such_test` |
 | no such test file | `server.py:read_body` | `tests/test_no_such_file.py::test_rate_key` |
 | no such row | `server.py:read_body` | `tests/test_verification.py::test_both_reject[no-such-row]` |
 | a helper, not a test | `server.py:read_body` | `tests/test_app.py::call` |
-| no code | read the code | `tests/test_policy.py::test_rate_key` |
+| no code | read the code | `tests/test_token_policy.py::test_rate_key` |
 | no test | `server.py:read_body` | run it and see |
-| malformed | `server.py: read_body` | `tests/test_policy.py:test_rate_key` |
+| malformed | `server.py: read_body` | `tests/test_token_policy.py:test_rate_key` |
 """
     code, tests, malformed = references(text)
     assert code_problems(code) == [
@@ -227,7 +227,7 @@ def test_the_checks_catch_what_is_missing():
         "tests/test_no_such_file.py::test_rate_key: no such file",
         "tests/test_verification.py::test_both_reject[no-such-row]: the file spells no id 'no-such-row'",
     ]
-    assert malformed == ["server.py: read_body", "tests/test_policy.py:test_rate_key"]
+    assert malformed == ["server.py: read_body", "tests/test_token_policy.py:test_rate_key"]
     ((_, rows),) = tables(text)
     assert row_problems([tuple(cells) for cells in rows]) == [
         "no code: names no code",
