@@ -73,7 +73,7 @@ TARGETS = {
             "_StrictHandler.check_framing",
             "_StrictHandler.make_environ",
         ),
-        ("tests/test_adversarial.py", "tests/test_runner.py"),
+        ("tests/test_adversarial.py", "tests/test_runner.py", "tests/test_logging_and_main.py"),
         180,
     ),
     "read_body": Target(

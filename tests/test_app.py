@@ -1,8 +1,11 @@
-"""The WSGI application: called directly on wsgiref test environs, under wsgiref's validator.
+"""The WSGI application (server.py, section 2): called directly on wsgiref test environs,
+under wsgiref's validator.
 
 Every response goes through `call`, which also checks what must hold for any
 answer: no API secret or traceback in it, no Access-Control-Allow-Credentials,
-no repeated header, and a Content-Length that matches the body.
+no repeated header, and a Content-Length that matches the body. The few webhooks
+sent with helpers.deliver (an event signed at the app's clock) go through
+helpers.call instead, which checks that no secret of the server's is in the answer.
 """
 
 from __future__ import annotations
@@ -15,13 +18,29 @@ import logging
 import re
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from livekit import api as sdk
 
 import livekit_auth
-from helpers import webhook_authorization
+from helpers import (
+    API_KEY,
+    API_SECRET,
+    FIXED_NOW,
+    OK,
+    VECTOR,
+    VECTORS,
+    Clock,
+    app_for,
+    dedupe_app,
+    deliver,
+    error,
+    event,
+    record,
+    settings,
+    verify_ours,
+    webhook_authorization,
+)
 import server
 from server import (
     MAX_TOKEN_BODY_BYTES,
@@ -34,31 +53,12 @@ from server import (
 from support_wsgi import Response, UnreadableInput, environ_for, run_app
 from vectors import body_sha256
 
-FIXED_NOW = 1735689600  # 2025-01-01T00:00:00Z, the vectors' clock
-API_KEY = "APItestkey"
-API_SECRET = "test-secret-that-must-never-leak-0123456789"
 ALL_CLIENT_FIELDS = frozenset(OPTIONAL_CLIENT_FIELDS)
-
-VECTORS = json.loads(
-    (Path(__file__).resolve().parent / "livekit-vectors.json").read_text(encoding="utf-8")
-)
-VECTOR = {vector["name"]: vector for vector in VECTORS["vectors"]}
 WEBHOOK_VECTORS = ["server-webhook", "sdk-webhook"]
 
 
 # --------------------------------------------------------------------------
 # Helpers
-
-
-def settings(**overrides) -> Settings:
-    # The rate limit is off unless a test is about it: tests send many requests from one address.
-    values = dict(api_key=API_KEY, api_secret=API_SECRET, rate_per_minute=0)
-    values.update(overrides)
-    return Settings(**values)
-
-
-def app_for(clock=lambda: FIXED_NOW, on_event=None, **overrides):
-    return make_app(settings(**overrides), clock=clock, on_event=on_event)
 
 
 def webhook_app(vector_name: str, events: list, **overrides):
@@ -116,14 +116,6 @@ def call(
 
 def post_json(app, value, **kwargs) -> Response:
     return call(app, "POST", "/token", json.dumps(value).encode(), **kwargs)
-
-
-def error(message: str) -> dict:
-    return {"errorMessage": message}
-
-
-def verify_ours(token: str, now: float = FIXED_NOW) -> livekit_auth.Claims:
-    return livekit_auth.TokenVerifier(API_KEY, API_SECRET).verify(token, now=now)
 
 
 def verify_sdk(token: str):
@@ -788,6 +780,15 @@ def test_token_body_over_16_kib_is_413_and_not_read(length):
     assert not wsgi_input.touched
 
 
+def test_an_unpaired_surrogate_escape_in_a_name_is_400():
+    body = b'{"room_name":"r","participant_identity":"p","participant_name":"a\\ud800b"}'
+    response = call(app_for(), "POST", "/token", body)
+    assert (response.status, response.json()) == (
+        400,
+        error("Request body has an unpaired surrogate"),
+    )
+
+
 # --------------------------------------------------------------------------
 # POST /webhook and /livekit/webhook
 
@@ -1170,6 +1171,111 @@ def test_webhook_over_1_mib_is_413_and_not_read(length):
     assert events == []
 
 
+def test_an_unsigned_webhook_gets_401_before_its_body_is_read():
+    response = call(
+        app_for(),
+        "POST",
+        "/webhook",
+        b"x" * 100,
+        headers={"Authorization": "not-a-token"},
+        wsgi_input=UnreadableInput(),
+    )
+    assert response.status == 401
+
+
+OTHER_KEY, OTHER_SECRET = (
+    "wk1",
+    "wk1-webhook-secret-0123456789abcdefghij",
+)  # a key pair that is not the API key
+
+
+@pytest.mark.parametrize(
+    "key,secret,status,message",
+    [
+        (API_KEY, API_SECRET, 200, None),
+        (OTHER_KEY, OTHER_SECRET, 401, "token signature does not match"),
+        (API_KEY, OTHER_SECRET, 401, "token signature does not match"),
+        (OTHER_KEY, API_SECRET, 401, "token issuer is not the API key that signed it"),
+    ],
+    ids=[
+        "the-api-key",
+        "another-key-pair",
+        "the-api-key-with-another-secret",
+        "another-key-with-the-api-secret",
+    ],
+)
+def test_webhooks_verify_with_the_api_key_and_secret_only(key, secret, status, message):
+    events: list = []
+    response = deliver(app_for(on_event=record(events)), event(), key=key, secret=secret)
+    if status == 200:
+        assert (response.status, response.json()) == OK
+        assert events == [event()]
+    else:
+        assert (response.status, response.json()) == (401, error(message))
+        assert events == []
+
+
+def test_a_repeat_of_a_taken_event_with_a_bad_signature_is_401():
+    events: list = []
+    app = dedupe_app(Clock(), events)
+    assert deliver(app, event("EV_1")).status == 200
+    response = deliver(app, event("EV_1"), secret="forged-secret-0123456789abcdefghijklmn")
+    assert (response.status, response.json()) == (401, error("token signature does not match"))
+
+
+def webhook_facts(caplog) -> list:
+    """What each request's line says of its webhook (the app writes the line when no runner does)."""
+    lines = [
+        record.fields
+        for record in caplog.records
+        if record.name == "livekit_token_server" and record.getMessage() == "request"
+    ]
+    return [
+        {
+            key: fields[key]
+            for key in ("status", "event", "id", "room", "duplicate", "reason")
+            if key in fields
+        }
+        for fields in lines
+    ]
+
+
+def test_each_event_is_logged_once_on_its_request_line(caplog):
+    events: list = []
+    app = dedupe_app(Clock(), events)
+    joined = {
+        **event("EV_1", kind="participant_joined"),
+        "participant": {"identity": "alice", "name": "Alice"},
+    }
+    with caplog.at_level(logging.INFO, logger="livekit_token_server"):
+        assert deliver(app, joined).status == 200
+        assert deliver(app, joined).status == 200
+        assert (
+            deliver(app, {"event": "egress_started", "egressInfo": {"roomName": "room-9"}}).status
+            == 200
+        )
+        # A field of the wrong type is read before delivery: a 400, never logged as whatever it holds.
+        response = deliver(app, {"event": "room_started", "room": {"name": 5}, "id": "EV_3"})
+        assert (response.status, response.json()) == (
+            400,
+            error("event field name has the wrong type"),
+        )
+    # The room logged is the one the event is ordered by: an egress or ingress event names it in its info.
+    assert webhook_facts(caplog) == [
+        {"status": 200, "event": "participant_joined", "id": "EV_1", "room": "room-1"},
+        {
+            "status": 200,
+            "event": "participant_joined",
+            "id": "EV_1",
+            "room": "room-1",
+            "duplicate": "true",
+        },
+        {"status": 200, "event": "egress_started", "id": "", "room": "room-9"},
+        {"status": 400, "reason": "event field name has the wrong type"},
+    ]
+    assert len(events) == 2
+
+
 # --------------------------------------------------------------------------
 # Routing
 
@@ -1202,7 +1308,7 @@ def test_healthz_head_has_no_body_and_the_get_length():
         "/livekit",
         "/token.json",
         "/%74oken",
-        "/metrics",  # removed: no metrics endpoint any more
+        "/metrics",  # there is no metrics endpoint
     ],
 )
 @pytest.mark.parametrize("method", ["GET", "POST"])
@@ -1233,6 +1339,15 @@ def test_wrong_method_is_405_with_allow(method, path, allow):
     assert response.header("Allow") == allow
     expected_body = b"" if method == "HEAD" else b'{"errorMessage":"Method not allowed"}'
     assert response.body == expected_body
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS"])
+def test_metrics_is_an_unknown_path(method):
+    response = call(app_for(), method, "/metrics")
+    assert response.status == 404
+    assert method == "HEAD" or response.json() == {"errorMessage": "Not found"}
+    assert "/metrics" not in server.ROUTES
+    assert not hasattr(server, "Metrics")
 
 
 def test_unexpected_error_is_a_generic_500():

@@ -6,12 +6,9 @@
 - Every test reference, `tests/test_x.py::test_name` or `...::test_name[id]`,
   names a test function the file defines (read with `ast`), and an `[id]` is a
   string the file spells, so a renamed table row is caught too.
-- The reading-order table states the current source-line count of each part:
-  every module of livekit_auth/ and every numbered section of server.py, and
-  nothing else; so the guide fails when the code moves on.
 - Every security-property row names at least one piece of code and one test.
-- The last test feeds the checks references that do not exist, and stale
-  counts, and expects each to be reported.
+- The last test feeds the checks references that do not exist, and expects
+  each to be reported.
 """
 
 from __future__ import annotations
@@ -31,7 +28,6 @@ _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 CODE_REF = re.compile(rf"((?:{_NAME}/)*{_NAME}\.py):({_NAME}(?:\.{_NAME})*)")
 TEST_REF = re.compile(rf"(tests/{_NAME}\.py)::({_NAME})(?:\[([^\]\s`]+)\])?")
 SPAN = re.compile(r"`([^`\n]+)`")
-SECTION_LINE = re.compile(r"# ([0-9]+)\. \S.*")  # server.py's "# 1. Settings"
 PROPERTY_COLUMNS = ["Property", "Enforced by", "Tests that fail without it"]
 PARTIES = ("client", "LiveKit Server", "proxy", "Operator", "Embedding code")
 
@@ -141,61 +137,6 @@ def test_problems(refs: list) -> list:
 test_problems.__test__ = False  # a checker, not a test
 
 
-# --- Counting source lines ----------------------------------------------------------
-
-
-def source_lines(lines: list) -> int:
-    """Lines that are neither blank nor a comment; docstrings count."""
-    return sum(1 for line in lines if line.strip() and not line.lstrip().startswith("#"))
-
-
-def current_counts() -> dict:
-    """{part: source lines} for server.py's sections (§0 before "# 1.") and each livekit_auth module."""
-    lines = (ROOT / "server.py").read_text(encoding="utf-8").splitlines()
-    starts = [(0, "0")] + [
-        (n, m[1]) for n, line in enumerate(lines) if (m := SECTION_LINE.fullmatch(line))
-    ]
-    ends = [n for n, _ in starts[1:]] + [len(lines)]
-    counts = {
-        f"server.py §{number}": source_lines(lines[start:end])
-        for (start, number), end in zip(starts, ends)
-    }
-    for path in sorted((ROOT / "livekit_auth").glob("*.py")):
-        counts[path.relative_to(ROOT).as_posix()] = source_lines(
-            path.read_text(encoding="utf-8").splitlines()
-        )
-    return counts
-
-
-def stated_counts(text: str) -> dict:
-    """{part: lines} from the reading-order table, "Total" included."""
-    ((header, rows),) = tables(section(text, 1))
-    assert header[1:3] == ["Part", "Lines"], header
-    stated = {}
-    for cells in rows:
-        part = re.sub(r"`([^`]+)`", r"\1", cells[1])
-        assert part not in stated, f"{part} is listed twice"
-        stated[part] = int(cells[2].replace(",", ""))
-    return stated
-
-
-def count_problems(stated: dict, current: dict) -> list:
-    problems = [
-        f"{part}: the guide says {stated.get(part)}, the code has {lines}"
-        for part, lines in current.items()
-        if stated.get(part) != lines
-    ]
-    problems += [
-        f"{part}: in the guide, not in the code"
-        for part in stated.keys() - current.keys() - {"Total"}
-    ]
-    if stated.get("Total") != sum(current.values()):
-        problems.append(
-            f"Total: the guide says {stated.get('Total')}, the code has {sum(current.values())}"
-        )
-    return problems
-
-
 # --- Security-property rows ------------------------------------------------------------
 
 
@@ -243,14 +184,6 @@ def test_every_test_reference_names_a_test_its_file_defines():
     assert test_problems(references(guide())[1]) == []
 
 
-def test_the_reading_order_states_the_current_line_counts():
-    current = current_counts()
-    assert [part for part in current if part.startswith("server.py")] == [
-        f"server.py §{n}" for n in range(7)
-    ]
-    assert count_problems(stated_counts(guide()), current) == []
-
-
 def test_every_security_property_row_names_code_and_tests():
     rows = property_rows(guide())
     assert len(rows) >= 30, len(rows)
@@ -270,17 +203,17 @@ def test_the_checks_catch_what_is_missing():
     text = """
 | Property | Enforced by | Tests that fail without it |
 |---|---|---|
-| exists | `server.py:TokenPolicy.admit` | `tests/test_policy.py::test_rate_key` |
-| no such method | `server.py:TokenPolicy.no_such_method` | `tests/test_policy.py::test_rate_key` |
-| imported, not defined there | `server.py:AccessToken` | `tests/test_policy.py::test_rate_key` |
-| no such module | `livekit_auth/no_such_module.py:verify` | `tests/test_policy.py::test_rate_key` |
+| exists | `server.py:TokenPolicy.admit` | `tests/test_token_policy.py::test_rate_key` |
+| no such method | `server.py:TokenPolicy.no_such_method` | `tests/test_token_policy.py::test_rate_key` |
+| imported, not defined there | `server.py:AccessToken` | `tests/test_token_policy.py::test_rate_key` |
+| no such module | `livekit_auth/no_such_module.py:verify` | `tests/test_token_policy.py::test_rate_key` |
 | no such test | `server.py:read_body` | `tests/test_app.py::test_no_such_test` |
 | no such test file | `server.py:read_body` | `tests/test_no_such_file.py::test_rate_key` |
 | no such row | `server.py:read_body` | `tests/test_verification.py::test_both_reject[no-such-row]` |
 | a helper, not a test | `server.py:read_body` | `tests/test_app.py::call` |
-| no code | read the code | `tests/test_policy.py::test_rate_key` |
+| no code | read the code | `tests/test_token_policy.py::test_rate_key` |
 | no test | `server.py:read_body` | run it and see |
-| malformed | `server.py: read_body` | `tests/test_policy.py:test_rate_key` |
+| malformed | `server.py: read_body` | `tests/test_token_policy.py:test_rate_key` |
 """
     code, tests, malformed = references(text)
     assert code_problems(code) == [
@@ -294,24 +227,11 @@ def test_the_checks_catch_what_is_missing():
         "tests/test_no_such_file.py::test_rate_key: no such file",
         "tests/test_verification.py::test_both_reject[no-such-row]: the file spells no id 'no-such-row'",
     ]
-    assert malformed == ["server.py: read_body", "tests/test_policy.py:test_rate_key"]
+    assert malformed == ["server.py: read_body", "tests/test_token_policy.py:test_rate_key"]
     ((_, rows),) = tables(text)
     assert row_problems([tuple(cells) for cells in rows]) == [
         "no code: names no code",
         "no test: names no test",
         "malformed: names no code",
         "malformed: names no test",
-    ]
-    # A count that is off by one, a part the code no longer has, a part the guide leaves out, a stale total.
-    current = current_counts()
-    stale = dict(current, **{"livekit_auth/errors.py": current["livekit_auth/errors.py"] + 1})
-    stale["livekit_auth/gone.py"] = 10
-    del stale["server.py §6"]
-    stale["Total"] = sum(current.values()) + 1
-    assert count_problems(stale, current) == [
-        f"server.py §6: the guide says None, the code has {current['server.py §6']}",
-        f"livekit_auth/errors.py: the guide says {current['livekit_auth/errors.py'] + 1}, "
-        f"the code has {current['livekit_auth/errors.py']}",
-        "livekit_auth/gone.py: in the guide, not in the code",
-        f"Total: the guide says {sum(current.values()) + 1}, the code has {sum(current.values())}",
     ]

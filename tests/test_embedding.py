@@ -9,7 +9,8 @@ import `server` from this checkout through PYTHONPATH; two follow each install
 step the section gives first, in a folder outside the checkout: `pip install .`
 into a fresh venv, and copying server.py and livekit_auth/ beside the program.
 The snippet that serves from another thread runs with the program's work (a
-request) in place of its comment.
+request) in place of its comment. The library snippet of docs/operations.md
+runs too, beside the SDK.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from pathlib import Path
 
 import pytest
 
-from livekit_auth import AccessToken
+from livekit_auth import AccessToken, WebhookEvent
 from helpers import COVERAGE_ENV
 from support_http import LoggedProcess, http_request
 
 ROOT = Path(__file__).resolve().parents[1]
+# docs/operations.md: its library snippet runs here too.
+DOC = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
 KEY, SECRET = "embedkey", "an-embedding-test-secret-of-32-chars!"
 ENV = {
     "LIVEKIT_API_KEY": KEY,
@@ -353,3 +356,25 @@ def test_serve_from_another_thread_installs_no_signal_handler_and_stops_when_sto
     assert result.returncode == 0, result.stderr
     assert result.stdout == "healthz 200\nSIGTERM untouched: True\n", (result.stdout, result.stderr)
     assert "msg=stopped" in result.stderr and "path=/healthz status=200" in result.stderr
+
+
+def test_the_library_snippet_runs_with_the_sdk():
+    pytest.importorskip("livekit.api")
+    snippet = re.search(r"```python\n(.*?)```", DOC, re.S)[1]
+    namespace: dict = {}
+    exec(compile(snippet, "docs/operations.md", "exec"), namespace)  # its asserts run here
+    body = json.dumps(
+        {"event": "room_started", "id": "EV_doc", "room": {"name": "my-room", "sid": "RM_x"}}
+    ).encode()
+    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    authorization = AccessToken(namespace["KEY"], namespace["SECRET"]).with_sha256(digest).to_jwt()
+    message = namespace["on_webhook"](body, authorization)
+    assert (message.event, message.id, message.room.name) == ("room_started", "EV_doc", "my-room")
+    receiver = namespace["WebhookReceiver"](
+        namespace["TokenVerifier"](namespace["KEY"], namespace["SECRET"])
+    )
+    event = receiver.receive(body, authorization)
+    assert isinstance(event, WebhookEvent) and (event.event, event.room.sid) == (
+        "room_started",
+        "RM_x",
+    )

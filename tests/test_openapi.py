@@ -526,7 +526,7 @@ def test_the_status_list_is_read_from_server_py():
     assert SERVER_STATUSES <= {status.value for status in http.HTTPStatus}
 
 
-def test_metrics_is_gone():
+def test_metrics_is_not_a_path_and_the_spec_shows_its_404():
     assert "/metrics" not in DOC["paths"] and "/metrics" not in server.ROUTES
     assert DOC["x-requests-outside-operations"]["metrics-404"]["x-status"] == 404
 

@@ -7,6 +7,7 @@
 - "Production setup": its five lines, with SERVER_PORT=0 added to the environment (the one
   change, so that the test never needs a fixed free port); then the same with the lines of
   "Locking it down further" put before its last line, `python3 server.py`.
+- CI (`.ci/run`) runs the README's test command and its coverage command as written.
 
 The embedding examples and their install step run in tests/test_embedding.py.
 """
@@ -282,3 +283,18 @@ def test_the_production_setup_locked_down_further_enforces_each_control():
     assert statuses[:7] == [201] * 7 and 429 in statuses[7:], statuses
     log = server.output.replace(PRINTED.search(server.output)[0], "")
     assert "level=WARNING" not in log and "level=ERROR" not in log, log
+
+
+def test_ci_runs_the_readmes_test_command_and_coverage_command_as_written():
+    root = Path(__file__).resolve().parents[1]
+    readme, ci = (
+        (root / "README.md").read_text(encoding="utf-8"),
+        (root / ".ci" / "run").read_text(encoding="utf-8"),
+    )
+    commands = re.findall(r"```sh\n(.*?)\n *```", readme, re.S)
+    test_command = commands[1]  # the second of the two commands the README starts with
+    assert test_command.startswith("python3 -m venv .venv") and "pytest" in test_command
+    coverage_command = next(command.strip() for command in commands if "coverage run" in command)
+    ci_lines = [line.strip() for line in ci.splitlines()]
+    assert test_command in ci_lines and coverage_command in ci_lines
+    assert ci_lines.index(test_command) < ci_lines.index(coverage_command)

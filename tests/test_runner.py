@@ -1,4 +1,4 @@
-"""The HTTP runner in server.py, over real loopback sockets.
+"""The HTTP runner in server.py (section 5), over real loopback sockets.
 
 Requests are written as raw bytes and answers parsed by hand (status line,
 headers, Content-Length body), so framing is what is tested: keep-alive,
@@ -6,20 +6,18 @@ pipelining, strict heads, deadlines, the connection bound, the drain, the
 access log, any WSGI app (not only ours), and `python3 server.py` itself.
 Every socket has a timeout and every loop a bound.
 
-Each answer read goes through `read_response`, which also checks what must
+Each answer read goes through `read_response` (helpers.py), which also checks what must
 hold for any answer: exactly one Date header, one Content-Length, an error
 body of exactly {"errorMessage": ...}, and no secret or traceback anywhere.
-Every test ends with the `guard` fixture's checks on the log, formatted as
+Every test ends with the `guard` fixture's checks (helpers.py) on the log, formatted as
 server.py writes it (logfmt, fields included): no secret, no JWT, no
 traceback, and no exception escaping a server thread.
 """
 
 from __future__ import annotations
 
-import email.utils
 import errno
 import http.client
-import io
 import ipaddress
 import json
 import logging
@@ -39,10 +37,24 @@ from typing import Callable, Optional
 
 import pytest
 
+import helpers
 import livekit_auth
 import server
 import support_http
-from helpers import webhook_authorization
+from helpers import (
+    HEALTHZ,
+    HOST,
+    KEY,
+    SECRET,
+    STAMP,
+    _check_process_log,
+    _env,
+    listening_port,
+    log_records,
+    read_response,
+    run_serve_in_thread,
+    webhook_authorization,
+)
 from support_http import (
     TIMEOUT,
     LoggedProcess,
@@ -57,14 +69,9 @@ from support_http import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-KEY = "testkey"
-SECRET = "a-test-secret-of-at-least-32-chars!!"
 NOW = 1_750_000_000  # the app's clock: tokens are minted and verified at this instant
-# Three base64url segments of 10+ characters: a JWT, or near enough to be one.
-JWT_RE = re.compile(r"[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}")
-# server.py's access line on standard error (LogfmtFormatter).
-STAMP = r"time=[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z"
-# Then what the app adds: room and identity for a token, event, id and room for a webhook, a reason.
+# server.py's access line on standard error (LogfmtFormatter; STAMP, its time, from helpers.py),
+# then what the app adds: room and identity for a token, event, id and room for a webhook, a reason.
 ACCESS_LINE = re.compile(
     STAMP
     + r" level=INFO msg=request client=(\S+) method=(\S+) path=(\S+) status=([0-9]{3}) duration_ms=[0-9]+\.[0-9]+"
@@ -73,12 +80,10 @@ ACCESS_LINE = re.compile(
 
 
 # --------------------------------------------------------------------------
-# Building requests, reading answers (support_http builds and parses; the checks are this module's)
+# Building requests, reading answers (support_http builds and parses; helpers.read_response checks)
 
 
-HOST = ("Host", "test")
 JSON = ("Content-Type", "application/json")
-HEALTHZ = build("GET", "/healthz", [HOST])
 BUSY = (503, "Server is busy; try again")
 
 
@@ -95,29 +100,6 @@ def token_request(participant: str = "alice", room: str = "room-1", extra=()) ->
         *extra,
     ]
     return build("POST", "/token", headers, body)
-
-
-def read_response(sock: socket.socket, pending: bytes = b"", *, head: bool = False) -> tuple:
-    """(Response, bytes received past it), checked by check_answer. Fails on EOF before a whole answer."""
-    response, rest = support_http.read_response(sock, pending, head=head)
-    check_answer(response)
-    return response, rest
-
-
-def check_answer(response: Response) -> None:
-    """What must hold for every answer the runner sends."""
-    dates = response.values("date")
-    assert len(dates) == 1, response.headers
-    sent = email.utils.parsedate_to_datetime(dates[0])
-    assert abs(sent.timestamp() - time.time()) < 10
-    assert b"Traceback" not in response.raw
-    assert SECRET.encode() not in response.raw
-    for name in {name for name, _ in response.headers}:
-        if name in ("content-length", "content-type", "date", "connection", "retry-after"):
-            assert len(response.values(name)) == 1, name
-    if response.status >= 400 and response.body:
-        body = response.json()
-        assert list(body) == ["errorMessage"] and type(body["errorMessage"]) is str
 
 
 def identity_of(response: Response) -> str:
@@ -153,6 +135,10 @@ HELLO_BODY = b"Hello, world!\n"
 
 # --------------------------------------------------------------------------
 # Fixtures
+
+# The log guard (helpers.py): every test here ends with its checks.
+thread_crashes, guard = helpers.thread_crashes, helpers.guard
+pytestmark = pytest.mark.usefixtures("guard")
 
 
 @pytest.fixture
@@ -190,43 +176,6 @@ def start_server():
 @pytest.fixture
 def live(start_server) -> Running:
     return start_server()
-
-
-@pytest.fixture
-def thread_crashes(monkeypatch) -> list:
-    """Exceptions that escaped a thread (they would print a traceback to stderr)."""
-    crashes: list = []
-    monkeypatch.setattr(threading, "excepthook", lambda args: crashes.append(args))
-    return crashes
-
-
-def log_records(caplog) -> list:
-    """The server logger's records of the whole test: setup, call and teardown."""
-    # caplog.records holds only the current phase: read the records of all three.
-    return [
-        record
-        for when in ("setup", "call", "teardown")
-        for record in caplog.get_records(when)
-        if record.name == "livekit_token_server"
-    ]
-
-
-@pytest.fixture(autouse=True)
-def guard(caplog, thread_crashes):
-    """Capture the server's log for the test; afterwards no secret, JWT or traceback in it."""
-    caplog.set_level(logging.INFO, logger="livekit_token_server")
-    yield caplog
-    # Torn down after start_server, so the server threads are done.
-    records = log_records(caplog)
-    formatter = (
-        server.LogfmtFormatter()
-    )  # as server.py writes them: the fields are where the data is
-    text = "\n".join(formatter.format(record) for record in records)
-    assert SECRET not in text
-    assert "Traceback" not in text
-    assert not JWT_RE.search(text), JWT_RE.search(text)
-    assert all(record.exc_info is None for record in records)
-    assert thread_crashes == [], [(c.exc_type, c.exc_value) for c in thread_crashes]
 
 
 def access_records(caplog) -> list:
@@ -1666,16 +1615,6 @@ def test_any_wsgi_apps_answer_to_head_has_no_body(start_server):
 # python3 server.py, and server.serve() in a process of its own
 
 
-def _env(**values: str) -> dict:
-    env = {
-        "PATH": os.environ.get("PATH", os.defpath),
-        "SERVER_HOST": "127.0.0.1",
-        "SERVER_PORT": "0",
-    }
-    env.update(values)
-    return env
-
-
 class ServerProcess(LoggedProcess):
     """`python3 -E -S server.py` (standard library only), its stderr read by a thread."""
 
@@ -1689,14 +1628,6 @@ class ServerProcess(LoggedProcess):
         started = time.monotonic()
         code = super().stop(signum)
         return code, time.monotonic() - started
-
-
-def _check_process_log(text: str) -> None:
-    assert "Traceback" not in text
-    assert SECRET not in text
-    assert not JWT_RE.search(text), text
-    for line in text.splitlines():  # every line is one logfmt record
-        assert re.match(STAMP + r" level=(INFO|WARNING|ERROR) msg=", line), line
 
 
 def _access_line(stderr: str, client: str, method: str, path: str, status: int) -> bool:
@@ -1825,63 +1756,6 @@ def test_main_second_signal_ends_the_process_at_once():
         process.kill()
 
 
-@pytest.mark.parametrize(
-    "env, named",
-    [
-        pytest.param({"LIVEKIT_API_KEY": KEY}, "LIVEKIT_API_SECRET", id="key-without-secret"),
-        pytest.param({"LIVEKIT_API_SECRET": SECRET}, "LIVEKIT_API_KEY", id="secret-without-key"),
-        pytest.param({"SERVER_PORT": "+80"}, "SERVER_PORT", id="port-plus"),
-        pytest.param({"SERVER_PORT": "70000"}, "SERVER_PORT", id="port-out-of-range"),
-        pytest.param(
-            {"SERVER_MAX_CONNECTIONS": "0"}, "SERVER_MAX_CONNECTIONS", id="no-connections"
-        ),
-        pytest.param(
-            {"SERVER_TRUSTED_PROXIES": "proxy.local"},
-            "SERVER_TRUSTED_PROXIES",
-            id="proxy-not-an-ip",
-        ),
-    ],
-)
-def test_main_configuration_error_exits_2_naming_the_setting(env, named):
-    result = subprocess.run(
-        [sys.executable, "-E", "-S", "server.py"],
-        cwd=ROOT,
-        env=_env(**env),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=TIMEOUT * 2,
-    )
-    stderr = result.stderr.decode("utf-8", "replace")
-    assert result.returncode == 2, stderr
-    assert re.search(
-        rf'level=ERROR msg="configuration error" error="[^"\n]*\b{named}\b[^"\n]*"$', stderr, re.M
-    ), stderr
-    assert "msg=listening" not in stderr
-    _check_process_log(stderr)
-
-
-def test_main_port_in_use_exits_1():
-    with socket.create_server(("127.0.0.1", 0)) as taken:
-        port = taken.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, "-E", "-S", "server.py"],
-            cwd=ROOT,
-            env=_env(SERVER_PORT=str(port), LIVEKIT_API_KEY=KEY, LIVEKIT_API_SECRET=SECRET),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=TIMEOUT * 2,
-        )
-    stderr = result.stderr.decode("utf-8", "replace")
-    assert result.returncode == 1, stderr
-    assert re.search(
-        rf'level=ERROR msg="cannot listen" port={port} error="Address already in use"$',
-        stderr,
-        re.M,
-    )
-    assert "msg=listening" not in stderr
-    _check_process_log(stderr)
-
-
 @pytest.mark.parametrize("host", ["bad host!", "[::1]"])
 def test_main_with_an_unusable_host_exits_2_naming_it(host):
     process = ServerProcess(_env(SERVER_HOST=host))
@@ -1894,7 +1768,7 @@ def test_main_with_an_unusable_host_exits_2_naming_it(host):
     assert f'level=ERROR msg="configuration error" error="{message}"' in process.stderr
 
 
-# The two tests above, in this process: a child started with -S has no site-packages,
+# The test above, in this process: a child started with -S has no site-packages,
 # so coverage (README, "Tests") cannot measure it.
 
 
@@ -1908,27 +1782,6 @@ def test_make_server_with_a_host_not_of_this_machine_is_a_settings_error(host):
         match=r"^server\.host \(SERVER_HOST\) is not an address of this machine$",
     ):
         server.make_server(hello_world, settings)
-
-
-def test_main_port_in_use_returns_1(monkeypatch, capsys):
-    monkeypatch.setattr(
-        server.log, "handlers", []
-    )  # configure_logging() then writes to the captured stderr
-    monkeypatch.setattr(server.log, "level", logging.NOTSET)
-    with socket.create_server(("127.0.0.1", 0)) as taken:
-        port = taken.getsockname()[1]
-        for name, value in _env(
-            SERVER_PORT=str(port), LIVEKIT_API_KEY=KEY, LIVEKIT_API_SECRET=SECRET
-        ).items():
-            monkeypatch.setenv(name, value)
-        assert server.main([]) == 1
-    stderr = capsys.readouterr().err
-    assert re.search(
-        rf'level=ERROR msg="cannot listen" port={port} error="Address already in use"$',
-        stderr,
-        re.M,
-    )
-    assert "msg=listening" not in stderr
 
 
 HELLO_SCRIPT = """
@@ -1982,7 +1835,7 @@ def test_import_server_loads_neither_socketserver_nor_http_server():
 
 
 # --------------------------------------------------------------------------
-# Routing as sent, the access line's facts, serve() from any thread, the log writer
+# Routing as sent, the access line's facts, serve() from any thread
 
 
 def request_lines(caplog) -> list:
@@ -2047,22 +1900,6 @@ def test_access_log_off_writes_no_request_line_and_still_warns(start_server, cap
     assert messages[-1] == "stopped"
 
 
-def run_serve_in_thread(settings: server.Settings, stop: threading.Event) -> threading.Thread:
-    thread = threading.Thread(
-        target=server.serve,
-        args=(server.make_app(settings), settings),
-        kwargs={"grace": 2, "stop": stop},
-        daemon=True,
-    )
-    thread.start()
-    return thread
-
-
-def listening_port(caplog) -> int:
-    assert wait_for(lambda: any(r.getMessage() == "listening" for r in log_records(caplog)))
-    return next(r.fields["port"] for r in log_records(caplog) if r.getMessage() == "listening")
-
-
 def test_serve_from_another_thread_serves_until_its_stop_event_is_set(caplog):
     before = signal.getsignal(signal.SIGTERM)
     stop = threading.Event()
@@ -2094,108 +1931,6 @@ def test_serve_without_credentials_says_development_mode_and_listens_on_loopback
     warnings = [r.getMessage() for r in log_records(caplog) if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and warnings[0].startswith("DEVELOPMENT MODE: ")
     assert "Listening on loopback only" in warnings[0]
-
-
-class BlockedStream:
-    """A log stream whose writes wait until released: a pipe nobody reads."""
-
-    def __init__(self) -> None:
-        self.released = threading.Event()
-        self.text = ""
-
-    def write(self, text: str) -> None:
-        self.released.wait(TIMEOUT)
-        self.text += text
-
-    def flush(self) -> None:
-        pass
-
-
-def test_a_blocked_log_stream_holds_up_no_request_and_dropped_lines_are_counted(
-    monkeypatch, caplog
-):
-    monkeypatch.setattr(server, "MAX_QUEUED_RECORDS", 20)
-    stream = BlockedStream()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(server.LogfmtFormatter())
-    monkeypatch.setattr(server.log, "handlers", [handler])
-    stop = threading.Event()
-    settings = server.Settings(
-        api_key=KEY, api_secret=SECRET, host="127.0.0.1", port=0, max_connections=4
-    )
-    thread = run_serve_in_thread(settings, stop)
-    # caplog reads the records from the root logger, as they are made: not through the queue.
-    port = listening_port(caplog)
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
-        rest = b""
-        for _ in range(100):
-            sock.sendall(HEALTHZ)
-            response, rest = read_response(sock, rest)
-            assert response.status == 200
-    stream.released.set()
-    stop.set()
-    thread.join(TIMEOUT)
-    assert not thread.is_alive()
-    lines = stream.text.splitlines()
-    # One line each time writing resumes, with how many were dropped since the last.
-    dropped = [line for line in lines if 'msg="log lines dropped"' in line]
-    count = sum(int(re.search(r"dropped=([0-9]+)$", line)[1]) for line in dropped)
-    written = [line for line in lines if line not in dropped]
-    # Every record is written or counted: the listening line, 100 requests, and the drain's two.
-    assert count > 0 and count + len(written) == 1 + 100 + 2, (count, lines)
-    assert lines[0].endswith(f"msg=listening host=127.0.0.1 port={port}")
-    assert server.log.handlers == [handler] and handler.stream is stream
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def connect_when_listening(port: int) -> socket.socket:
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        try:
-            return socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-        except ConnectionRefusedError:
-            assert time.monotonic() < deadline, "the server did not listen in time"
-            time.sleep(0.02)
-
-
-def test_standard_error_on_a_pipe_nobody_reads_holds_up_no_request():
-    # Each log write used to block the thread that made it: about 590 answers, then none.
-    port = free_port()
-    read_end, write_end = os.pipe()
-    env = _env(LIVEKIT_API_KEY=KEY, LIVEKIT_API_SECRET=SECRET, SERVER_PORT=str(port))
-    proc = subprocess.Popen(
-        [sys.executable, "-E", "-S", "server.py"],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=write_end,
-    )
-    os.close(write_end)
-    try:
-        with connect_when_listening(port) as sock:
-            rest = b""
-            for _ in range(2000):
-                sock.sendall(HEALTHZ)
-                response, rest = read_response(sock, rest)
-                assert response.status == 200
-        proc.send_signal(signal.SIGTERM)
-        chunks = []
-        while chunk := os.read(read_end, 65536):
-            chunks.append(chunk)
-        assert proc.wait(TIMEOUT) == 0
-    finally:
-        proc.kill()
-        os.close(read_end)
-    lines = b"".join(chunks).decode().splitlines()
-    # Nothing lost: the queue held what the pipe could not take yet.
-    assert sum(" msg=request " in line for line in lines) == 2000
-    assert lines[-1].endswith("level=INFO msg=stopped")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -2275,64 +2010,6 @@ def test_out_of_descriptors_the_acceptor_waits_between_tries_and_says_so_once(li
     assert short.tries == 4 and time.monotonic() - started >= 3 * server.MAKE_ROOM_AFTER
     warnings = [r.getMessage() for r in log_records(caplog) if r.levelno == logging.WARNING]
     assert warnings == ["out of file descriptors: new connections wait until some close"]
-
-
-def test_serve_leaves_logging_alone_when_the_logger_has_no_handler_of_its_own(monkeypatch, caplog):
-    monkeypatch.setattr(server.log, "handlers", [])
-    stop = threading.Event()
-    settings = server.Settings(api_key=KEY, api_secret=SECRET, host="127.0.0.1", port=0)
-    thread = run_serve_in_thread(settings, stop)
-    listening_port(caplog)
-    assert server.log.handlers == []
-    stop.set()
-    thread.join(TIMEOUT)
-    assert not thread.is_alive()
-
-
-def test_a_handler_other_than_a_plain_stream_gets_each_record_on_the_log_writer(
-    monkeypatch, tmp_path, caplog
-):
-    path = tmp_path / "server.log"
-    handler = logging.FileHandler(path)
-    handler.setFormatter(server.LogfmtFormatter())
-    monkeypatch.setattr(server.log, "handlers", [handler])
-    stop = threading.Event()
-    settings = server.Settings(api_key=KEY, api_secret=SECRET, host="127.0.0.1", port=0)
-    thread = run_serve_in_thread(settings, stop)
-    port = listening_port(caplog)
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
-        sock.sendall(HEALTHZ)
-        assert read_response(sock)[0].status == 200
-    stop.set()
-    thread.join(TIMEOUT)
-    handler.close()
-    lines = path.read_text().splitlines()
-    assert lines[0].endswith(f"msg=listening host=127.0.0.1 port={port}")
-    assert any(" msg=request " in line and "path=/healthz status=200" in line for line in lines)
-    assert lines[-1].endswith("level=INFO msg=stopped")
-
-
-def test_a_log_stream_that_never_drains_does_not_keep_serve_from_returning(monkeypatch, caplog):
-    stream = BlockedStream()
-    handler = logging.StreamHandler(stream)
-    monkeypatch.setattr(server.log, "handlers", [handler])
-    stop = threading.Event()
-    settings = server.Settings(api_key=KEY, api_secret=SECRET, host="127.0.0.1", port=0)
-    thread = threading.Thread(
-        target=server.serve,
-        args=(server.make_app(settings), settings),
-        kwargs={"grace": 0.3, "stop": stop},
-        daemon=True,
-    )
-    thread.start()
-    listening_port(caplog)
-    stop.set()
-    # The drain's grace bounds the wait for the log writer too: serve() returns.
-    thread.join(TIMEOUT / 2)
-    assert not thread.is_alive()
-    # The handler writes to its own stream again, not to the writer's buffer.
-    assert handler.stream is stream
-    stream.released.set()
 
 
 def test_another_accept_error_is_tried_again_at_once_without_a_warning(live, caplog):
@@ -2447,42 +2124,3 @@ def test_a_target_that_is_not_a_path_is_not_written_to_the_access_line(live, cap
     assert wait_for(lambda: request_lines(caplog))
     assert request_lines(caplog)[0]["path"] == "-"
     assert "secret-password" not in caplog.text
-
-
-def test_two_servers_at_once_share_the_log_writer_and_leave_the_handlers_as_they_were(
-    monkeypatch, caplog
-):
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(server.LogfmtFormatter())
-    monkeypatch.setattr(server.log, "handlers", [handler])
-    stops = [threading.Event(), threading.Event()]
-    settings = server.Settings(api_key=KEY, api_secret=SECRET, host="127.0.0.1", port=0)
-    first = run_serve_in_thread(settings, stops[0])
-    assert wait_for(lambda: isinstance(server.log.handlers[0], server._RecordQueue))
-    second = run_serve_in_thread(settings, stops[1])
-    assert wait_for(
-        lambda: len([r for r in log_records(caplog) if r.getMessage() == "listening"]) == 2
-    )
-    stops[0].set()
-    first.join(TIMEOUT)
-    stops[1].set()
-    second.join(TIMEOUT)
-    assert server.log.handlers == [handler] and handler.stream is stream
-    server.log.info("after both")
-    assert stream.getvalue().endswith('msg="after both"\n')
-
-
-def test_handlers_replaced_while_serving_are_left_as_they_are(monkeypatch, caplog):
-    # serve() puts the logger's handlers back only if they are still its own queue.
-    handler = logging.StreamHandler(io.StringIO())
-    monkeypatch.setattr(server.log, "handlers", [handler])
-    stop = threading.Event()
-    settings = server.Settings(api_key=KEY, api_secret=SECRET, host="127.0.0.1", port=0)
-    thread = run_serve_in_thread(settings, stop)
-    listening_port(caplog)
-    other = logging.StreamHandler(io.StringIO())
-    server.log.handlers = [other]
-    stop.set()
-    thread.join(TIMEOUT)
-    assert server.log.handlers == [other]

@@ -1,8 +1,15 @@
-"""Settings and load_settings: defaults, then config.ini, then the environment; errors name the key."""
+"""Settings (server.py, section 1) and load_settings: defaults, then config.ini, then the
+environment; errors name the key.
+
+Every setting is tested here: its source, default and refusals, those of the token policy and
+of webhook delivery included; what check_startup refuses or warns about in a set of settings;
+and `python3 server.py` exiting 2 with the message that names a bad one.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -24,7 +31,11 @@ from server import (
     load_settings,
     make_app,
 )
-from helpers import COVERAGE_ENV
+from helpers import AUTH_1, AUTH_2, COVERAGE_ENV, TIME, start
+
+# The test key pair's Settings, with overrides (as test_token_policy.py builds its apps);
+# `settings` is a local name here.
+from helpers import settings as app_settings
 from support_http import TIMEOUT, LoggedProcess, http_request
 
 SECRET = "a-long-secret-that-must-never-leak-0123456789"
@@ -81,7 +92,7 @@ def test_defaults_are_development_mode():
         == ("devkey", "secret")
     )
     assert settings.livekit_url == "ws://localhost:7880"
-    # Issue 12: on LiveKit's public dev key, only this machine can reach it unless SERVER_HOST says otherwise.
+    # On LiveKit's public dev key, only this machine can reach it unless SERVER_HOST says otherwise.
     assert (settings.host, settings.port) == ("127.0.0.1", 6080)
     assert settings.token_ttl == 900
     assert settings.client_fields == frozenset({"participant_name"})
@@ -638,7 +649,7 @@ def test_invalid_cors_allowed_origins_are_an_error_naming_the_setting(value):
 
 
 # --------------------------------------------------------------------------
-# Issue 12: a list setting that is set but lists nothing fails closed
+# A list setting that is set but lists nothing fails closed
 
 # Each of these, empty, would quietly mean "anyone" or "anything": no bearer secret,
 # no room rule, every source, every origin.
@@ -735,6 +746,46 @@ def test_the_command_exits_2_naming_a_list_setting_that_lists_nothing(env_name, 
     assert logged_error(nothing_listed(env_name)) in done.stderr
     assert "msg=listening" not in done.stderr
     assert SECRET not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        pytest.param(
+            {"TOKEN_AUTH_SECRETS": ","},
+            "TOKEN_AUTH_SECRETS is set but lists nothing; remove it to get the default",
+            id="auth-secrets",
+        ),
+        pytest.param({"TOKEN_ROOMS": " "}, "TOKEN_ROOMS is set but lists nothing", id="rooms"),
+        pytest.param(
+            {"CORS_ALLOWED_ORIGINS": ""},
+            "CORS_ALLOWED_ORIGINS is set but lists nothing",
+            id="origins",
+        ),
+        pytest.param(
+            {"TOKEN_CAN_PUBLISH_SOURCES": ", ,"},
+            "TOKEN_CAN_PUBLISH_SOURCES is set but lists nothing",
+            id="sources",
+        ),
+        pytest.param(
+            {"LIVEKIT_API_KEY": "APIkey"},
+            "livekit.api_key (LIVEKIT_API_KEY) is set but livekit.api_secret (LIVEKIT_API_SECRET) is not",
+            id="key-alone",
+        ),
+    ],
+)
+def test_a_list_set_but_empty_or_half_the_credentials_exits_2_naming_the_setting(env, message):
+    # The message names where the value came from: the variable here, section.key from config.ini.
+    process = start(SERVER_PORT="0", **env)
+    try:
+        code = process.proc.wait(TIMEOUT)
+        process.reader.join(TIMEOUT)
+    finally:
+        process.kill()
+    assert code == 2
+    (line,) = process.output.splitlines()
+    error = re.fullmatch(TIME + r' level=ERROR msg="configuration error" error="(.*)"', line)
+    assert error and error[1].startswith(message), line
 
 
 def test_the_command_exits_2_naming_a_config_file_it_cannot_read(tmp_path):
@@ -986,6 +1037,29 @@ def test_a_setting_of_an_earlier_version_stops_the_server_rather_than_being_igno
     assert (
         str(caught.value) == f"{name} is no longer a setting (README.md, Configuration, lists them)"
     )
+
+
+@pytest.mark.parametrize("key", ["metrics", "log_format"])
+def test_metrics_and_log_format_keys_in_the_config_file_are_unknown_settings(tmp_path, key):
+    path = tmp_path / "config.ini"
+    path.write_text(f"[server]\nport = 6080\n{key} = true\n", encoding="utf-8")
+    with pytest.raises(server.SettingsError, match=rf"line 3: unknown setting server\.{key}$"):
+        server.load_settings({}, str(path))
+
+
+def test_server_metrics_and_log_format_variables_stop_the_server_and_unrelated_ones_do_not():
+    assert {env for _, _, env in server.SETTING_SOURCES.values()}.isdisjoint(
+        {"SERVER_METRICS", "SERVER_LOG_FORMAT"}
+    )
+    # Set, they would be quietly ignored: an operator who still sets one is told instead.
+    for name in ("SERVER_METRICS", "SERVER_LOG_FORMAT"):
+        with pytest.raises(server.SettingsError, match=f"^{name} is no longer a setting"):
+            server.load_settings({name: "true"})
+    # The environment holds much besides settings: a variable that is not close to a setting's
+    # name is never an error.
+    assert server.load_settings(
+        {"SERVER_NAME": "x", "TOKEN_FOO_BAR_BAZ": "1"}
+    ) == server.load_settings({})
 
 
 def test_the_readme_names_every_removed_setting():
@@ -1275,3 +1349,309 @@ def test_an_event_file_error_gives_a_hint_only_where_one_fits(path, hint):
         rf"[A-Za-z ]+{re.escape(hint)}",
         str(caught.value),
     ), str(caught.value)
+
+
+# --------------------------------------------------------------------------
+# The settings of the token policy and of webhook delivery
+
+
+@pytest.mark.parametrize(
+    "rooms",
+    [{"*-team"}, {"te*am"}, {"**"}, {"a*b*"}, {"lobby", "*x"}, set()],
+    ids=["star-first", "star-inside", "two-stars", "two-stars-apart", "one-bad-of-two", "empty"],
+)
+def test_star_anywhere_but_the_end_is_a_settings_error(rooms):
+    with pytest.raises(SettingsError) as info:
+        app_settings(rooms=frozenset(rooms))
+    assert (
+        str(info.value) == 'tokens.rooms (TOKEN_ROOMS) takes room names, or prefixes ending in "*"'
+    )
+
+
+@pytest.mark.parametrize(
+    "event_file", ["events.jsonl", "./events.jsonl", "var/lib/events.jsonl", "~/events.jsonl"]
+)
+def test_relative_event_file_is_a_settings_error(event_file):
+    with pytest.raises(SettingsError) as info:
+        app_settings(event_file=event_file)
+    assert str(info.value) == "webhook.event_file (WEBHOOK_EVENT_FILE) must be an absolute path"
+
+
+@pytest.mark.parametrize(
+    "where,reason",
+    [
+        (lambda tmp: tmp, "Is a directory (give the path of a file, not a directory)"),
+        (
+            lambda tmp: tmp / "missing" / "events.jsonl",
+            "No such file or directory (create its directory, writable by this user)",
+        ),
+    ],
+    ids=["directory", "missing-directory"],
+)
+def test_check_startup_refuses_an_event_file_it_cannot_open(tmp_path, where, reason):
+    path = str(where(tmp_path))
+    with pytest.raises(SettingsError) as info:
+        check_startup(app_settings(event_file=path))
+    assert (
+        str(info.value)
+        == f"webhook.event_file (WEBHOOK_EVENT_FILE) cannot be opened: {path}: {reason}"
+    )
+
+
+def test_check_startup_accepts_an_event_file_it_can_open(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"kept\n")
+    check_startup(app_settings(event_file=str(path)))
+    assert path.read_bytes() == b"kept\n"
+
+
+LONG_A, LONG_B, LONG_C = (
+    "alpha-bearer-secret-0123456789-xyz",
+    "bravo-bearer-secret-0123456789-xyz",
+    "charlie-bearer-secret-0123456789-xyz",
+)
+
+
+@pytest.mark.parametrize(
+    "variable,text,field,value",
+    [
+        ("TOKEN_AUTH_SECRETS", f"{LONG_A} {LONG_B}", "auth_secrets", frozenset({LONG_A, LONG_B})),
+        (
+            "TOKEN_AUTH_SECRETS",
+            f" {LONG_A},{LONG_B} ,{LONG_C} ",
+            "auth_secrets",
+            frozenset({LONG_A, LONG_B, LONG_C}),
+        ),
+        ("TOKEN_ROOMS", "team-* lobby", "rooms", frozenset({"team-*", "lobby"})),
+        ("TOKEN_ROOMS", "*", "rooms", frozenset({"*"})),
+        ("TOKEN_CAN_PUBLISH", "false", "can_publish", False),
+        ("TOKEN_CAN_SUBSCRIBE", "false", "can_subscribe", False),
+        ("TOKEN_CAN_PUBLISH_DATA", "false", "can_publish_data", False),
+        (
+            "TOKEN_CAN_PUBLISH_SOURCES",
+            "camera,microphone",
+            "can_publish_sources",
+            frozenset({"camera", "microphone"}),
+        ),
+        (
+            "TOKEN_CAN_PUBLISH_SOURCES",
+            "screen_share screen_share_audio",
+            "can_publish_sources",
+            frozenset({"screen_share", "screen_share_audio"}),
+        ),
+        ("TOKEN_RATE_PER_MINUTE", "0", "rate_per_minute", 0),
+        ("TOKEN_RATE_PER_MINUTE", "1000000", "rate_per_minute", 1_000_000),
+        ("TOKEN_RATE_BURST", "1", "rate_burst", 1),
+        ("TOKEN_RATE_BURST", "1000000", "rate_burst", 1_000_000),
+        (
+            "SERVER_TRUSTED_PROXIES",
+            "10.0.0.0/8 192.168.1.1",
+            "trusted_proxies",
+            (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.168.1.1/32")),
+        ),
+        (
+            "SERVER_TRUSTED_PROXIES",
+            "fd00::/8",
+            "trusted_proxies",
+            (ipaddress.ip_network("fd00::/8"),),
+        ),
+        (
+            "SERVER_TRUSTED_PROXIES",
+            "10.1.2.3/8",
+            "trusted_proxies",
+            (ipaddress.ip_network("10.0.0.0/8"),),
+        ),
+        ("SERVER_TRUSTED_PROXIES", "", "trusted_proxies", ()),
+        ("WEBHOOK_DEDUPE_SECONDS", "0", "dedupe_seconds", 0),
+        ("WEBHOOK_DEDUPE_SECONDS", "604800", "dedupe_seconds", 604800),
+        (
+            "WEBHOOK_EVENT_FILE",
+            "/var/lib/lk/events.jsonl",
+            "event_file",
+            "/var/lib/lk/events.jsonl",
+        ),
+        ("WEBHOOK_EVENT_FILE", "", "event_file", ""),
+    ],
+)
+def test_setting_from_the_environment(variable, text, field, value):
+    assert getattr(load_settings({**KEYS, variable: text}), field) == value
+
+
+def test_defaults_of_the_policy_and_delivery_settings():
+    loaded = load_settings(KEYS)
+    expected = dict(
+        auth_secrets=frozenset(),
+        rooms=frozenset({"*"}),
+        can_publish=True,
+        can_publish_sources=frozenset(),
+        can_subscribe=True,
+        can_publish_data=True,
+        rate_per_minute=300,
+        rate_burst=60,
+        trusted_proxies=(),
+        dedupe_seconds=600,
+        event_file="",
+    )
+    assert {field: getattr(loaded, field) for field in expected} == expected
+
+
+@pytest.mark.parametrize(
+    "variable,text,message",
+    [
+        ("TOKEN_CAN_PUBLISH", "no", "TOKEN_CAN_PUBLISH must be true or false"),
+        ("TOKEN_CAN_SUBSCRIBE", "off", "TOKEN_CAN_SUBSCRIBE must be true or false"),
+        ("TOKEN_CAN_PUBLISH_DATA", "0", "TOKEN_CAN_PUBLISH_DATA must be true or false"),
+        (
+            "TOKEN_CAN_PUBLISH_SOURCES",
+            "camera,webcam",
+            "tokens.can_publish_sources (TOKEN_CAN_PUBLISH_SOURCES) takes only: "
+            "camera, microphone, screen_share, screen_share_audio",
+        ),
+        (
+            "TOKEN_CAN_PUBLISH_SOURCES",
+            "CAMERA",
+            "tokens.can_publish_sources (TOKEN_CAN_PUBLISH_SOURCES) takes only: "
+            "camera, microphone, screen_share, screen_share_audio",
+        ),
+        (
+            "TOKEN_RATE_PER_MINUTE",
+            "1000001",
+            "tokens.rate_per_minute (TOKEN_RATE_PER_MINUTE) must be from 0 to 1000000",
+        ),
+        (
+            "TOKEN_RATE_PER_MINUTE",
+            "1.5",
+            "TOKEN_RATE_PER_MINUTE must be a whole number of at most 9 ASCII digits",
+        ),
+        ("TOKEN_RATE_BURST", "0", "tokens.rate_burst (TOKEN_RATE_BURST) must be from 1 to 1000000"),
+        (
+            "TOKEN_RATE_BURST",
+            "1000001",
+            "tokens.rate_burst (TOKEN_RATE_BURST) must be from 1 to 1000000",
+        ),
+        ("TOKEN_ROOMS", "", "TOKEN_ROOMS is set but lists nothing; remove it to get the default"),
+        (
+            "TOKEN_AUTH_SECRETS",
+            "",
+            "TOKEN_AUTH_SECRETS is set but lists nothing; remove it to get the default",
+        ),
+        (
+            "TOKEN_CAN_PUBLISH_SOURCES",
+            ",",
+            "TOKEN_CAN_PUBLISH_SOURCES is set but lists nothing; remove it to get the default",
+        ),
+        (
+            "TOKEN_ROOMS",
+            "lobby te*am",
+            'tokens.rooms (TOKEN_ROOMS) takes room names, or prefixes ending in "*"',
+        ),
+        (
+            "SERVER_TRUSTED_PROXIES",
+            "10.0.0.0/33",
+            "SERVER_TRUSTED_PROXIES takes IP addresses or networks such as 10.0.0.0/8",
+        ),
+        (
+            "SERVER_TRUSTED_PROXIES",
+            "proxy.local",
+            "SERVER_TRUSTED_PROXIES takes IP addresses or networks such as 10.0.0.0/8",
+        ),
+        (
+            "SERVER_TRUSTED_PROXIES",
+            "10.0.0.0/8,nope",
+            "SERVER_TRUSTED_PROXIES takes IP addresses or networks such as 10.0.0.0/8",
+        ),
+        (
+            "WEBHOOK_DEDUPE_SECONDS",
+            "604801",
+            "webhook.dedupe_seconds (WEBHOOK_DEDUPE_SECONDS) must be from 0 to 604800",
+        ),
+        (
+            "WEBHOOK_DEDUPE_SECONDS",
+            "1.5",
+            "WEBHOOK_DEDUPE_SECONDS must be a whole number of at most 9 ASCII digits",
+        ),
+        (
+            "WEBHOOK_EVENT_FILE",
+            "events.jsonl",
+            "webhook.event_file (WEBHOOK_EVENT_FILE) must be an absolute path",
+        ),
+    ],
+)
+def test_bad_setting_is_an_error_naming_it(variable, text, message):
+    with pytest.raises(SettingsError) as info:
+        load_settings({**KEYS, variable: text})
+    assert str(info.value) == message
+
+
+def test_bad_flag_in_the_config_file_names_the_key(tmp_path):
+    path = tmp_path / "config.ini"
+    path.write_text("[tokens]\ncan_publish = yes\n", encoding="utf-8")
+    with pytest.raises(SettingsError) as info:
+        load_settings(KEYS, str(path))
+    assert str(info.value) == f"{path}, line 2: tokens.can_publish must be true or false"
+
+
+def test_every_policy_and_delivery_setting_from_the_config_file(tmp_path):
+    path = tmp_path / "config.ini"
+    path.write_text(
+        f"""
+[server]
+trusted_proxies = 10.0.0.0/8
+[tokens]
+auth_secrets = {AUTH_1} {AUTH_2}
+rooms = team-*
+can_publish = false
+can_publish_sources = camera
+can_subscribe = false
+can_publish_data = false
+rate_per_minute = 30
+rate_burst = 10
+[webhook]
+dedupe_seconds = 60
+event_file = {tmp_path / "events.jsonl"}
+""",
+        encoding="utf-8",
+    )
+    loaded = load_settings(KEYS, str(path))
+    assert loaded == Settings(
+        api_key="APIkey",
+        api_secret=SECRET,
+        trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),),
+        auth_secrets=frozenset({AUTH_1, AUTH_2}),
+        rooms=frozenset({"team-*"}),
+        can_publish=False,
+        can_publish_sources=frozenset({"camera"}),
+        can_subscribe=False,
+        can_publish_data=False,
+        rate_per_minute=30,
+        rate_burst=10,
+        dedupe_seconds=60,
+        event_file=str(tmp_path / "events.jsonl"),
+    )
+
+
+def test_settings_repr_shows_no_secret():
+    loaded = load_settings(
+        {
+            **KEYS,
+            "TOKEN_AUTH_SECRETS": f"{AUTH_1} {AUTH_2}",
+        }
+    )
+    text = repr(loaded) + str(loaded)
+    assert "rate_per_minute=300" in text  # the repr is there, just without secrets
+    for secret in [SECRET, AUTH_1, AUTH_2]:
+        assert secret not in text
+    assert "auth_secrets" not in text
+
+
+SHORT = "short-secret-of-31-characters-x"
+
+
+def test_a_short_bearer_secret_is_refused_in_development_mode_too():
+    # Development mode exempts only LiveKit's public pair, never a bearer secret.
+    with pytest.raises(SettingsError) as info:
+        load_settings({"TOKEN_AUTH_SECRETS": SHORT})
+    assert str(info.value).startswith(
+        "tokens.auth_secrets (TOKEN_AUTH_SECRETS): each must be at least 32 "
+    )
+    assert SHORT not in str(info.value)
