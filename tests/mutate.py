@@ -86,13 +86,6 @@ EQUIVALENT = {
     (
         "livekit_auth/webhook.py",
         "<module>",
-        "constant: 'WebhookEvent' -> 'XXWebhookEventXX'",
-        0,
-    ): "the __name__ of the class _message() builds; the public WebhookEvent subclasses it under its own name, "
-    "so the string shows only in WebhookEvent.__bases__",
-    (
-        "livekit_auth/webhook.py",
-        "<module>",
         "if condition: TYPE_CHECKING -> False",
         0,
     ): "guards an import made for annotations only, which `from __future__ import annotations` never evaluates",

@@ -749,6 +749,29 @@ def test_oversized_body_gets_413_while_the_client_still_sends(live):
         expect_closed(sock, rest)
 
 
+def test_after_an_unread_body_the_server_swallows_at_most_max_linger_bytes_then_closes(
+    start_server, monkeypatch
+):
+    # A client that goes on sending past the bound is not waited for until LINGER_SECONDS.
+    monkeypatch.setattr(server, "MAX_LINGER_BYTES", 64 * 1024)
+    monkeypatch.setattr(server, "LINGER_SECONDS", 60.0)
+    live = start_server()
+    head = build(
+        "POST",
+        "/token",
+        [HOST, ("Content-Type", "application/json"), ("Content-Length", "999999999")],
+    )
+    with live.connect() as sock:
+        sock.sendall(head)
+        response, _ = read_response(sock)
+        assert response.status == 413
+        deadline = time.monotonic() + TIMEOUT
+        # The server closes with data unread, so a send meets its reset.
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+            while time.monotonic() < deadline:
+                sock.sendall(b"x" * 4096)
+
+
 def test_small_unread_body_is_skipped_never_parsed_as_a_request(live):
     # The app never reads a body sent to /healthz: the runner skips it, and
     # must not take the request hidden in it for the client's next one.
