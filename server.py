@@ -419,9 +419,10 @@ def _read_config(path: str) -> dict:
     known_sections = {section for section, _, _ in SETTING_SOURCES.values()}
     values = {}
     for section in parser.sections():
+        # An unknown section with keys is reported by its first key, below.
         if section not in known_sections and not parser[section]:
             line = _line_of(text, section, None)
-            hint = _did_you_mean(f"[{section}]", [f"[{known}]" for known in known_sections])
+            hint = _did_you_mean(f"[{section}]", [f"[{name}]" for name in known_sections])
             raise SettingsError(f"{path}, line {line}: unknown section [{section}]{hint}")
         for key, value in parser[section].items():
             name = f"{section}.{key}"
@@ -963,6 +964,8 @@ class WebhookDelivery:
             with self.taken_lock:
                 if event_id and self.taken.get(event_id, -math.inf) > self.clock() - self.window:
                     return False
+            # Stored before the handler runs: if it fails, LiveKit's retry is stored again
+            # (the event file is at least once; its readers deduplicate by id).
             if self.event_file:
                 self.store(event.to_dict())
             if self.on_event is not None:
@@ -971,8 +974,9 @@ class WebhookDelivery:
                 except Exception:  # your code: the message and traceback are yours to read
                     log.exception("webhook handler failed", extra={"fields": {"id": event_id}})
                     raise HTTPError(500, "Webhook handler failed") from None
-            with self.taken_lock:
-                self.remember(event_id)
+            if event_id:
+                with self.taken_lock:
+                    self.remember(event_id)
         return True
 
     def remember(self, event_id: str) -> None:
@@ -1069,9 +1073,12 @@ class _Connection(_RawReader):
     """A client connection: the raw stream under its handler's BufferedReader, and its state."""
 
     # Every recv ends by `deadline`, or LATE_READS_SECONDS after it for what has already
-    # arrived, so a slow client cannot stretch a request. While the thread waits for a
-    # request's first byte with nothing buffered, `idle_since` says since when, and the
-    # acceptor may close the connection to make room.
+    # arrived, so a slow client cannot stretch a request.
+    # The rule that lets the acceptor close a connection to make room (or the drain close it):
+    # while `idle_since` is set, no byte of a request has been taken off the socket. The thread
+    # sets it before it waits for a request's first byte, and clears it, under connections_lock,
+    # only once that byte is there (wait_for_request); so a peek() under the lock that finds
+    # nothing waiting means nothing was sent, and closing loses no request.
 
     def __init__(self, sock: socket.socket, server, over_limit: bool) -> None:
         # Blocking, even under socket.setdefaulttimeout(): peek() must never wait.
@@ -1168,7 +1175,8 @@ class _StrictHandler:
     def setup(self) -> None:
         super().setup()
         self.rfile.close()  # replaced below: reads go through _Connection, with deadlines
-        # Gone already if it was closed to make room before this thread ran.
+        # Gone already if it was closed to make room before this thread ran: then the stand-in
+        # below reads the end of the stream at once, and nothing is registered to free.
         with self.server.connections_lock:
             conn = self.server.connections.get(self.request)
         self.conn = conn or _Connection(self.request, self.server, False)
@@ -1208,6 +1216,9 @@ class _StrictHandler:
         self.request_version = "HTTP/1.0"
         # What the access line reads if the request is refused before the app sees it.
         environ = {"REMOTE_ADDR": self.client_address[0], ACCESS_LOG_FIELDS: {}}
+        # What each failure gets: HTTPError, its answer; TimeoutError (an OSError: the head or the
+        # body came too late), a 408; any other OSError (the client left or reset the connection,
+        # mid-head included), no answer and no access line. The app's own errors are run_app's.
         try:
             try:
                 self.read_head()
@@ -1215,7 +1226,6 @@ class _StrictHandler:
                     raise HTTPError(503, "Server is busy; try again", (("Retry-After", "1"),))
                 status = self.run_app(environ)
             except (TimeoutError, HTTPError) as err:
-                # TimeoutError: the head or the body came too late.
                 refusal = err
                 if isinstance(err, TimeoutError):
                     refusal = HTTPError(408, "Request timed out")
@@ -1223,7 +1233,7 @@ class _StrictHandler:
                 status = refusal.status
                 environ[ACCESS_LOG_FIELDS]["reason"] = refusal.message
                 self.send(*_json_answer(refusal))
-        except OSError:  # the client left or reset
+        except OSError:
             self.close_connection = True
             return
         if self.server.access_log:
@@ -1351,8 +1361,10 @@ class _StrictHandler:
             # The app failed. Its type only: an exception's message may hold what the log must not.
             log.error("application error", extra={"fields": {"error": type(err).__name__}})
             status, headers, chunks = _json_answer(HTTPError(500, "Internal server error"))
+        # Answered unread (401, 429): a small body is read past before the answer, whose
+        # Connection header says whether the connection carries the next request. Not when a
+        # 100 Continue was asked for and not sent: the client may still hold the body back.
         if 0 < body.remaining <= MAX_SKIP_BYTES and body.continue_to is None:
-            # Answered unread (401, 429): skipped, so the connection carries the next request.
             body_file.read()
         self.conn.unread = body.remaining > 0
         if self.conn.unread or self.server.draining:
@@ -1417,6 +1429,9 @@ class _BoundedServer:
 
     # The acceptor registers each connection in `connections` before it starts the
     # connection's thread; the thread removes it as it ends, and signals `room_freed`.
+    # Capacity: max_connections are served; up to as many again are accepted and answered 503
+    # (over_limit); past that the acceptor waits, and new clients queue in the listen backlog.
+    # An idle connection may be closed to make room for a new one (make_room).
 
     daemon_threads = True  # the drain waits for requests in flight; none outlives the process
     block_on_close = False
@@ -1690,6 +1705,8 @@ MAX_QUEUED_RECORDS = 10_000
 # interpreter lock while it formats; at 8 connections, bench/run.py served about 15% more
 # requests with 0.2 s than with 0.05 s.
 LOG_GATHER_SECONDS = 0.2
+# While the queue never empties, what has gathered is written every this many records.
+MAX_GATHERED_RECORDS = 1000
 
 
 class _RecordQueue:
@@ -1720,12 +1737,15 @@ class _LogWriter:
     """Mixed into logging.handlers.QueueListener: the log writer thread, writing in batches."""
 
     # A plain StreamHandler (configure_logging's) writes into a buffer, and what has gathered
-    # there goes to its stream in one write once the queue is empty. Other handlers (files that
-    # rotate, say) get each record as they would without the queue.
+    # there goes to its stream in one write once the queue is empty, or after
+    # MAX_GATHERED_RECORDS. Other handlers (files that rotate, say) get each record as they
+    # would without the queue. QueueListener's thread (_monitor) calls dequeue() for each record
+    # and hands it to the handlers; records arrive as logged (_RecordQueue skips prepare()).
 
     def __init__(self, records: queue.SimpleQueue, intake: _RecordQueue, handlers: list) -> None:
         super().__init__(records, *handlers, respect_handler_level=True)
         self.intake = intake
+        self.gathered = 0  # records handled since the last write_out(); the log writer's own
         self.streams = {}  # handler -> its stream, while a buffer stands in for it
         for handler in handlers:
             if type(handler) is logging.StreamHandler:
@@ -1736,10 +1756,14 @@ class _LogWriter:
         if self.queue.empty():
             self.write_out()
             time.sleep(LOG_GATHER_SECONDS)
+        elif self.gathered >= MAX_GATHERED_RECORDS:
+            self.write_out()
+        self.gathered += 1
         return super().dequeue(block)
 
     def write_out(self) -> None:
         """Write what has gathered, after a line that counts the records dropped since last time."""
+        self.gathered = 0
         with self.intake.dropped_lock:
             dropped = self.intake.dropped
             self.intake.dropped = 0

@@ -85,8 +85,10 @@ def loads_object(data: bytes) -> dict:
         raise ValueError("is not UTF-8") from None
     try:
         value = _DECODER.decode(text)
+        # Encoding to UTF-8 fails exactly on an unpaired surrogate.
         if _SURROGATE_ESCAPE.search(text):
             json.dumps(value, ensure_ascii=False).encode("utf-8")
+    # The order matters: _Refused and UnicodeEncodeError are ValueErrors too.
     except RecursionError:
         raise ValueError("is nested too deeply") from None
     except UnicodeEncodeError:

@@ -21,7 +21,8 @@ from .tokens import Claims
 if TYPE_CHECKING:  # for annotations only: verification imports this module
     from .verification import TokenVerifier
 
-# Standard base64 (RFC 4648 §4) of 32 bytes: 43 characters and one "=".
+# Standard base64 (RFC 4648 §4) of 32 bytes: 43 characters and one "=". The 43rd holds the last
+# 4 bits and two zero bits, so only the characters whose value is a multiple of 4 can end it.
 _SHA256_BASE64 = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
 
 # WebhookEvent fields that hold messages (protobuf JSON names).

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import queue
 import re
 import signal
 import socket
@@ -240,6 +241,50 @@ def test_a_blocked_log_stream_holds_up_no_request_and_dropped_lines_are_counted(
     assert count > 0 and count + len(written) == 1 + 100 + 2, (count, lines)
     assert lines[0].endswith(f"msg=listening host=127.0.0.1 port={port}")
     assert server.log.handlers == [handler] and handler.stream is stream
+
+
+class RecordingStream:
+    """A stream that keeps each write apart."""
+
+    def __init__(self) -> None:
+        self.writes: list = []
+
+    def write(self, text: str) -> None:
+        self.writes.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+class GatedQueue(queue.SimpleQueue):
+    """The log writer's queue, held shut until `opened` is set: then every record is waiting."""
+
+    opened = threading.Event()
+
+    def empty(self) -> bool:
+        self.opened.wait(TIMEOUT)
+        return super().empty()
+
+
+@pytest.mark.usefixtures("guard")
+def test_while_records_keep_coming_the_log_writer_writes_every_max_gathered_records(
+    monkeypatch,
+):
+    # The queue never empties while these records are handled: what has gathered is still
+    # written every MAX_GATHERED_RECORDS, so the buffer and the delay stay bounded.
+    monkeypatch.setattr(server.queue, "SimpleQueue", GatedQueue)
+    GatedQueue.opened.clear()
+    stream = RecordingStream()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(server.LogfmtFormatter())
+    monkeypatch.setattr(server.log, "handlers", [handler])
+    with server._log_writer(grace=2):
+        for number in range(2 * server.MAX_GATHERED_RECORDS + 500):
+            server.log.info("record", extra={"fields": {"n": number}})
+        GatedQueue.opened.set()
+    lines = [write.count("\n") for write in stream.writes]
+    assert lines == [server.MAX_GATHERED_RECORDS, server.MAX_GATHERED_RECORDS, 500]
+    assert "".join(stream.writes).splitlines()[-1].endswith("msg=record n=2499")
 
 
 def free_port() -> int:
