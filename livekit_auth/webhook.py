@@ -103,6 +103,13 @@ class _Field:
         # str() and bool() give back the value they are given.
         return self.kind(value)
 
+    def __set__(self, message: _Message, value: object) -> None:
+        # Read-only, as the fields read: a value set here would disagree with to_dict().
+        raise AttributeError(f"field {self.name} is read-only")
+
+    def __delete__(self, message: _Message) -> None:
+        raise AttributeError(f"field {self.name} is read-only")
+
     def absent(self) -> object:
         if self.default is not None:
             return self.default

@@ -604,6 +604,19 @@ def test_event_fields_read_as_protobuf_does(event, read, expected):
     assert (value, type(value)) == (expected, type(expected))
 
 
+def test_event_fields_are_read_only_as_they_read_the_json():
+    # A value set on an event would disagree with to_dict(), which stores and forwards it.
+    event = la.WebhookEvent({"event": "room_started", "room": {"name": "r"}})
+    with pytest.raises(AttributeError, match="^field room is read-only$"):
+        event.room = la.WebhookEvent({})
+    with pytest.raises(AttributeError, match="^field name is read-only$"):
+        event.room.name = "x"
+    with pytest.raises(AttributeError, match="^field event is read-only$"):
+        del event.event
+    assert event.room.name == "r"
+    assert event.to_dict() == {"event": "room_started", "room": {"name": "r"}}
+
+
 @pytest.mark.parametrize(
     "event, read, expected",
     [
