@@ -1399,8 +1399,19 @@ class _StrictHandler:
             headers = [*headers, ("Content-Length", str(len(chunks)))]
         return status, headers, chunks
 
+    # (second, Date value): one value a second. Any connection's thread may replace it; two that
+    # do so at once write the same value. bench/run.py, the same code without it: /token 1.18x
+    # at 1 connection and 1.08x at 8, /webhook 1.07x and 1.10x.
+    date_now = (0, "")
+
+    def http_date(self) -> str:
+        second = int(time.time())
+        if self.date_now[0] != second:
+            _StrictHandler.date_now = (second, self.date_time_string(second))
+        return _StrictHandler.date_now[1]
+
     def send(self, status: str, headers: list, body: bytes) -> None:
-        head = [f"HTTP/1.1 {status}", f"Date: {self.date_time_string()}"]
+        head = [f"HTTP/1.1 {status}", f"Date: {self.http_date()}"]
         head += [f"{name}: {value}" for name, value in headers]
         if self.close_connection:
             head.append("Connection: close")
