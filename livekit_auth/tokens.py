@@ -146,10 +146,16 @@ def _require_grants(grants: object, kind: type) -> object:
     return grants
 
 
+def _is_string_map(value: object) -> bool:
+    """A dict of strings to strings (attributes, and the map fields of LiveKit's messages)."""
+    if type(value) is not dict:
+        return False
+    return all(type(key) is str and type(item) is str for key, item in value.items())
+
+
 def _copy_attributes(attributes: object) -> dict:
     """A copy of `attributes`, which must be a dict of strings to strings. Raises ValueError."""
-    is_dict = type(attributes) is dict
-    if not is_dict or not all(type(k) is str and type(v) is str for k, v in attributes.items()):
+    if not _is_string_map(attributes):
         raise ValueError("attributes must be a dict of strings to strings")
     return dict(attributes)
 

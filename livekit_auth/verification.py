@@ -9,7 +9,7 @@ from typing import Callable, Mapping, Optional
 
 from ._strict import b64url_decode, loads_object
 from .errors import BadSignature, MalformedToken, TokenExpired, TokenNotYetValid, WrongIssuer
-from .tokens import Claims, SIPGrants, VideoGrants
+from .tokens import Claims, SIPGrants, VideoGrants, _is_string_map
 from .webhook import _Field, _Message
 
 # LiveKit's own leeway for clock skew between the token's minter and its reader.
@@ -192,7 +192,7 @@ class TokenVerifier:
             if name in payload and type(payload[name]) is not str:
                 raise MalformedToken(f"{name} claim must be a string")
         attributes = payload.get("attributes", {})
-        if type(attributes) is not dict or not all(type(v) is str for v in attributes.values()):
+        if not _is_string_map(attributes):
             raise MalformedToken("attributes claim must map strings to strings")
         room_config = payload.get("roomConfig")
         if room_config is not None and type(room_config) is not dict:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Optional, Union
 
 from ._strict import loads_object
 from .errors import MalformedToken, MalformedWebhook, WebhookBodyMismatch
-from .tokens import Claims
+from .tokens import Claims, _is_string_map
 
 if TYPE_CHECKING:  # for annotations only: verification imports this module
     from .verification import TokenVerifier
@@ -58,10 +58,6 @@ def _is_int64(value: object) -> bool:
     if type(value) is str:
         return _INTEGER.fullmatch(value) is not None
     return type(value) is int
-
-
-def _is_string_map(value: object) -> bool:
-    return type(value) is dict and all(type(item) is str for item in value.values())
 
 
 def _is_list_of_objects(value: object) -> bool:
